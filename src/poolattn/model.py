@@ -1,0 +1,525 @@
+"""EmbeddingModel: a decoder backbone, an attention mode and a pooler — tokenise, encode, save, load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from . import __version__
+from .backbone import check_attention, decoder_layers, load_backbone, resolve_dtype, run_backbone
+from .pooling import PoolInput, build_pooler, last_token, masked_mean
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "poolattn.json"
+POOLER_FILE = "pooler.safetensors"
+DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {text}"
+
+
+@dataclass
+class EmbeddingConfig:
+    """Everything that defines an embedding model (saved as ``poolattn.json``)."""
+
+    backbone: str
+    attention: str = "causal"
+    pooling: str = "eos"
+    pooling_options: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    max_length: int = 512
+    instruction_template: str = DEFAULT_TEMPLATE
+    pool_instruction: bool = True
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
+            raise ValueError("instruction_template must contain '{instruction}' and '{text}'")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        resolve_dtype(self.dtype)
+
+    def hash(self) -> str:
+        """A short stable hash of the design (what changes the embeddings)."""
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Batch:
+    """A padded batch ready for the backbone."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pool_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.pool_mask)))
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> Batch:
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.pool_mask[rows])
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class Tokenized:
+    """One text's token ids and which of them may be pooled."""
+
+    ids: list[int]
+    poolable: list[bool]
+
+
+class EmbeddingModel(nn.Module):
+    """A text-embedding model made from a decoder LLM.
+
+    >>> m = EmbeddingModel.from_backbone("HuggingFaceTB/SmolLM2-135M", attention="bidirectional", pooling="mean")
+    >>> vecs = m.encode(["a text", "another"])        # (2, 576) float32, L2-normalised
+    """
+
+    def __init__(self, config: EmbeddingConfig, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        check_attention(config.attention, backbone.config.model_type)
+        self.config = config
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooler = build_pooler(
+            config.pooling,
+            hidden_size=backbone.config.hidden_size,
+            num_layers=backbone.config.num_hidden_layers,
+            attention=config.attention,
+            options=dict(config.pooling_options),
+        )
+        self._warned_truncation = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        attention: str = "causal",
+        pooling: str = "eos",
+        pooling_options: dict[str, Any] | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        **config: Any,
+    ) -> EmbeddingModel:
+        """Build a model from a hub id or local folder; trainable heads are initialised from ``seed``."""
+        known = {f.name for f in fields(EmbeddingConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        cfg = EmbeddingConfig(
+            backbone=str(name_or_path),
+            attention=attention,
+            pooling=pooling,
+            pooling_options=dict(pooling_options or {}),
+            dtype=dtype,
+            **config,
+        )
+        backbone = load_backbone(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+        tokenizer = load_tokenizer(str(name_or_path), cfg.trust_remote_code)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(cfg, backbone, tokenizer)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return self.pooler.output_dim
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.config.backbone).name}:{self.config.attention}:{self.config.pooling}"
+
+    def config_hash(self) -> str:
+        return self.config.hash()
+
+    # ------------------------------------------------------------------ tokenisation
+    def format(self, text: str, instruction: str | None) -> tuple[str, int]:
+        """The text with its instruction, and the number of leading characters that are instruction."""
+        if not instruction:
+            return text, 0
+        prefix = self.config.instruction_template.split("{text}")[0].format(instruction=instruction)
+        return self.config.instruction_template.format(instruction=instruction, text=text), len(prefix)
+
+    def tokenize_texts(self, texts: Sequence[str], instruction: str | None = None) -> list[Tokenized]:
+        """Token ids per text: instruction formatted in, truncated to ``max_length`` with the EOS kept last."""
+        validate_texts(texts)
+        formatted = [self.format(t, instruction) for t in texts]
+        exclude = instruction is not None and not self.config.pool_instruction
+        enc = self.tokenizer(
+            [f for f, _ in formatted],
+            add_special_tokens=True,
+            truncation=False,
+            return_offsets_mapping=exclude,
+            return_attention_mask=False,
+            verbose=False,
+        )
+        eos = self.tokenizer.eos_token_id
+        limit = self.config.max_length - 1
+        out = []
+        for i, ids in enumerate(enc["input_ids"]):
+            if ids and ids[-1] == eos:
+                ids = ids[:-1]
+            if len(ids) > limit:
+                self._warn_truncation(len(ids) + 1)
+                ids = ids[:limit]
+            if exclude:
+                prefix_chars = formatted[i][1]
+                poolable = [start >= prefix_chars for start, _ in enc["offset_mapping"][i][: len(ids)]]
+            else:
+                poolable = [True] * len(ids)
+            out.append(Tokenized([*ids, eos], [*poolable, True]))
+        return out
+
+    def _warn_truncation(self, n_tokens: int) -> None:
+        if not self._warned_truncation:
+            log.warning(
+                "a text of %d tokens was truncated to max_length=%d (the EOS token is kept); "
+                "further truncations are not reported",
+                n_tokens,
+                self.config.max_length,
+            )
+            self._warned_truncation = True
+
+    def collate(self, items: Sequence[Tokenized], padding_side: str = "right") -> Batch:
+        """Pad a list of tokenised texts into a batch."""
+        length = max(len(it.ids) for it in items)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.full((len(items), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), length), dtype=torch.long)
+        pool = torch.zeros((len(items), length), dtype=torch.bool)
+        for row, it in enumerate(items):
+            n = len(it.ids)
+            cols = slice(0, n) if padding_side == "right" else slice(length - n, length)
+            ids[row, cols] = torch.tensor(it.ids)
+            mask[row, cols] = 1
+            pool[row, cols] = torch.tensor(it.poolable)
+        return Batch(ids, mask, pool)
+
+    def tokenize(self, texts: Sequence[str], instruction: str | None = None, padding_side: str = "right") -> Batch:
+        """Tokenise and pad texts into one batch (for training and tests)."""
+        return self.collate(self.tokenize_texts(texts, instruction), padding_side)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Embeddings of a batch, L2-normalised, float32, with gradients when enabled."""
+        return F.normalize(self.pool(batch), dim=-1)
+
+    def pool(self, batch: Batch) -> torch.Tensor:
+        """Unnormalised pooled vectors of a batch."""
+        batch = batch.to(self.device)
+        last_index = last_real_index(batch.attention_mask)
+        pooled_layers = self.pooler.selected_layers()
+        with self.collect_layers(batch, last_index, pooled_layers, self.pooler.layer_reduction()) as collected:
+            hidden = run_backbone(self.backbone, batch.input_ids, batch.attention_mask, self.config.attention)
+        inputs = PoolInput(hidden, batch.attention_mask, batch.pool_mask, last_index)
+        if pooled_layers:
+            inputs.layer_vectors = stack_layers(collected, pooled_layers, hidden, inputs, self.pooler.layer_reduction())
+        return self.pooler(inputs)
+
+    @contextmanager
+    def collect_layers(
+        self, batch: Batch, last_index: torch.Tensor, layers: Sequence[int], reduction: str
+    ) -> Iterator[dict[int, torch.Tensor]]:
+        """Reduce each wanted layer's output to one vector per text as the layer runs (no states are kept).
+
+        The final layer is taken from the final-normed output afterwards, as ``output_hidden_states`` does.
+        """
+        collected: dict[int, torch.Tensor] = {}
+        n_layers = self.backbone.config.num_hidden_layers
+        blocks = decoder_layers(self.backbone) if layers else []
+        handles = []
+        for layer in layers:
+            if layer == n_layers:
+                continue
+
+            def hook(_module: nn.Module, _args: Any, output: Any, layer: int = layer) -> None:
+                states = output[0] if isinstance(output, tuple) else output
+                collected[layer] = reduce_states(states, batch.pool_mask, last_index, reduction)
+
+            handles.append(blocks[layer - 1].register_forward_hook(hook))
+        try:
+            yield collected
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        texts: Sequence[str],
+        instruction: str | None = None,
+        *,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 256,
+        show_progress: bool | None = None,
+        padding_side: str = "right",
+    ) -> np.ndarray:
+        """Embed texts: (N, dim) float32, L2-normalised, in input order.
+
+        Texts are sorted by token length and packed into batches of at most ``batch_tokens`` padded tokens,
+        so little compute is spent on padding. Empty texts are embedded from their EOS token alone.
+        """
+        return self._encode(texts, instruction, self.forward, batch_tokens, max_batch_size, show_progress, padding_side)
+
+    def encode_layers(
+        self,
+        texts: Sequence[str],
+        instruction: str | None = None,
+        *,
+        reduction: str | None = None,
+        batch_tokens: int = 16384,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """One L2-normalised vector per text per layer 1..L from one forward pass: (N, L, H) float32."""
+        reduction = reduction or ("last" if self.config.attention == "causal" else "mean")
+        layers = list(range(1, self.backbone.config.num_hidden_layers + 1))
+
+        def all_layers(batch: Batch) -> torch.Tensor:
+            batch = batch.to(self.device)
+            last_index = last_real_index(batch.attention_mask)
+            with self.collect_layers(batch, last_index, layers, reduction) as collected:
+                hidden = run_backbone(self.backbone, batch.input_ids, batch.attention_mask, self.config.attention)
+            inputs = PoolInput(hidden, batch.attention_mask, batch.pool_mask, last_index)
+            return F.normalize(stack_layers(collected, layers, hidden, inputs, reduction), dim=-1)
+
+        return self._encode(texts, instruction, all_layers, batch_tokens, 256, show_progress, "right")
+
+    def _encode(
+        self,
+        texts: Sequence[str],
+        instruction: str | None,
+        embed: Any,
+        batch_tokens: int,
+        max_batch_size: int,
+        show_progress: bool | None,
+        padding_side: str,
+    ) -> np.ndarray:
+        from .progress import progress_bar
+
+        items = self.tokenize_texts(texts, instruction)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(items)), key=lambda i: len(items[i].ids), reverse=True)
+        batches = plan_batches([len(items[i].ids) for i in order], batch_tokens, max_batch_size)
+        results: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+        show = len(items) >= 512 if show_progress is None else show_progress
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(), progress_bar(len(items), "encoding", enabled=show) as advance:
+                for start, stop in batches:
+                    rows = order[start:stop]
+                    vecs = embed(self.collate([items[i] for i in rows], padding_side)).float().cpu().numpy()
+                    for row, vec in zip(rows, vecs, strict=True):
+                        results[row] = vec
+                    advance(len(rows))
+        finally:
+            self.train(was_training)
+        return np.stack(results).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ adapters
+    def add_lora(
+        self,
+        r: int = 16,
+        alpha: int = 32,
+        dropout: float = 0.1,
+        target_modules: str | list[str] = "all-linear",
+    ) -> None:
+        """Wrap the backbone with a PEFT LoRA adapter (only the adapter and the pooler then train)."""
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+        self.backbone = get_peft_model(self.backbone, lora)
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.backbone, "peft_config")
+
+    def merge_adapter(self) -> None:
+        """Fold a LoRA adapter into the backbone weights."""
+        if self.has_adapter:
+            self.backbone = self.backbone.merge_and_unload()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike[str], *, backbone_weights: bool | None = None) -> Path:
+        """Write config, pooler weights, tokenizer, and the backbone (by reference, adapter, or full weights).
+
+        ``backbone_weights=None`` stores full weights only when they may differ from the referenced backbone
+        (i.e. they were trained without an adapter). The folder is written next to its target and renamed.
+        """
+        target = Path(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            config = asdict(self.config)
+            full = backbone_weights if backbone_weights is not None else self._backbone_changed()
+            if self.has_adapter:
+                self.backbone.save_pretrained(tmp / "adapter")
+                config["backbone_storage"] = "adapter"
+            elif full:
+                self.backbone.save_pretrained(tmp / "backbone")
+                config["backbone_storage"] = "weights"
+            else:
+                config["backbone_storage"] = "reference"
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            state = {k: v.detach().contiguous().cpu() for k, v in self.pooler.state_dict().items()}
+            save_file(state, tmp / POOLER_FILE)
+            config["poolattn_version"] = __version__
+            config["config_hash"] = self.config.hash()
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _backbone_changed(self) -> bool:
+        return getattr(self, "backbone_trained", False)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, dtype: str | None = None, **overrides: Any) -> EmbeddingModel:
+        """Load a folder written by ``save``; embeddings are identical to the saved model's."""
+        folder = Path(folder)
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a poolattn model folder (no {CONFIG_FILE})")
+        raw = json.loads(path.read_text())
+        storage = raw.pop("backbone_storage", "reference")
+        raw.pop("poolattn_version", None)
+        raw.pop("config_hash", None)
+        known = {f.name for f in fields(EmbeddingConfig)}
+        config = EmbeddingConfig(**{k: v for k, v in raw.items() if k in known})
+        if dtype is not None:
+            config.dtype = dtype
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        source = folder / "backbone" if storage == "weights" else config.backbone
+        backbone = load_backbone(
+            source,
+            dtype=config.dtype,
+            attn_implementation=config.attn_implementation,
+            trust_remote_code=config.trust_remote_code,
+        )
+        if storage == "adapter":
+            from peft import PeftModel
+
+            backbone = PeftModel.from_pretrained(backbone, folder / "adapter")
+            backbone.eval()
+        tokenizer = load_tokenizer(str(folder / "tokenizer"), config.trust_remote_code)
+        model = cls(config, backbone, tokenizer)
+        model.pooler.load_state_dict(load_file(folder / POOLER_FILE))
+        model.backbone_trained = storage == "weights"
+        return model.eval()
+
+    def export_sentence_transformers(self, folder: str | os.PathLike[str]) -> Path:
+        """Write a folder that ``SentenceTransformer(folder)`` loads and that embeds exactly like this model."""
+        from .st_export import export
+
+        return export(self, Path(folder))
+
+
+# ---------------------------------------------------------------------- helpers
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A fast tokenizer with a pad token (the EOS when the model has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer of {name_or_path!r} has no EOS token; poolattn appends one to every text")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def validate_texts(texts: Sequence[str]) -> None:
+    """Reject inputs that are not a list of strings, naming the first bad position."""
+    if isinstance(texts, str):
+        raise TypeError("encode expects a list of texts, not a single string; wrap it: encode([text])")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is {type(text).__name__}, not str")
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, for left and right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def reduce_states(
+    states: torch.Tensor, pool_mask: torch.Tensor, last_index: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """One vector per text from a layer's token states: last token or masked mean (float32)."""
+    if reduction == "last":
+        return last_token(states, last_index).float()
+    if reduction == "mean":
+        return masked_mean(states, pool_mask)
+    raise ValueError(f"unknown layer reduction {reduction!r}; choose 'last' or 'mean'")
+
+
+def stack_layers(
+    collected: dict[int, torch.Tensor],
+    layers: Sequence[int],
+    final_hidden: torch.Tensor,
+    inputs: PoolInput,
+    reduction: str,
+) -> torch.Tensor:
+    """(B, L, H) from the hooked layers plus the final-normed last layer."""
+    vectors = [
+        collected[layer]
+        if layer in collected
+        else reduce_states(final_hidden, inputs.pool_mask, inputs.last_index, reduction)
+        for layer in layers
+    ]
+    return torch.stack(vectors, dim=1)
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[tuple[int, int]]:
+    """Split length-sorted (descending) items into [start, stop) batches of at most ``batch_tokens`` padded tokens."""
+    batches, start = [], 0
+    while start < len(lengths):
+        width = lengths[start]
+        size = max(1, min(max_batch_size, batch_tokens // max(width, 1)))
+        stop = min(len(lengths), start + size)
+        batches.append((start, stop))
+        start = stop
+    return batches
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """Move a finished folder into place; an existing target is swapped out only after the new one is complete."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, target)

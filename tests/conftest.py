@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+from tiny import save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory):
+    """Build (once per session) a tiny random decoder folder: ``tiny_factory(family, **config)``."""
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str = "llama", **overrides) -> Path:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}")
+            cache[key] = save_tiny(folder, family, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_factory) -> Path:
+    return tiny_factory("llama")
