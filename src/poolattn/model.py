@@ -126,8 +126,9 @@ class EmbeddingModel(nn.Module):
         unknown = sorted(set(config) - known)
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        local = Path(name_or_path).expanduser()
         cfg = EmbeddingConfig(
-            backbone=str(name_or_path),
+            backbone=str(local.resolve()) if local.exists() else str(name_or_path),
             attention=attention,
             pooling=pooling,
             pooling_options=dict(pooling_options or {}),
@@ -172,6 +173,8 @@ class EmbeddingModel(nn.Module):
     def tokenize_texts(self, texts: Sequence[str], instruction: str | None = None) -> list[Tokenized]:
         """Token ids per text: instruction formatted in, truncated to ``max_length`` with the EOS kept last."""
         validate_texts(texts)
+        if not texts:
+            return []
         formatted = [self.format(t, instruction) for t in texts]
         exclude = instruction is not None and not self.config.pool_instruction
         enc = self.tokenizer(
