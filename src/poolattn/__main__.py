@@ -1,0 +1,5 @@
+"""``python -m poolattn`` (also ``accelerate launch -m poolattn train ...``)."""
+
+from .cli import app
+
+app()

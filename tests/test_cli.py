@@ -1,0 +1,82 @@
+"""The command line: encode end to end, clear errors for bad input, --help everywhere."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from poolattn import EmbeddingModel
+from poolattn.cli import app
+
+runner = CliRunner()
+
+
+def flat(output: str) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
+def test_every_command_has_help_with_examples():
+    for command in ("encode", "train", "eval", "experiment", "report", "assets", "export"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example" in result.output, command
+
+
+def test_encode_txt_and_jsonl(tiny_llama, tmp_path):
+    texts = ["first line", "second, longer line of text", ""]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    for name in ("t.txt", "t.jsonl"):
+        out = tmp_path / f"{name}.npy"
+        args = ["encode", str(tiny_llama), "--input", str(tmp_path / name), "--output", str(out)]
+        result = runner.invoke(app, [*args, "--attention", "bidirectional", "--pooling", "mean"])
+        assert result.exit_code == 0, result.output
+        expected = EmbeddingModel.from_backbone(tiny_llama, attention="bidirectional", pooling="mean").encode(texts)
+        np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-6)
+
+
+def test_encode_saved_model_folder(tiny_llama, tmp_path):
+    model = EmbeddingModel.from_backbone(tiny_llama, pooling="trainable", attention="bidirectional")
+    model.save(tmp_path / "m")
+    (tmp_path / "t.txt").write_text("a\nb c\n")
+    out = tmp_path / "v.npy"
+    result = runner.invoke(app, ["encode", str(tmp_path / "m"), "-i", str(tmp_path / "t.txt"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(out), model.encode(["a", "b c"]))
+    result = runner.invoke(
+        app, ["encode", str(tmp_path / "m"), "-i", str(tmp_path / "t.txt"), "-o", str(out), "--pooling", "eos"]
+    )
+    assert result.exit_code == 2 and "saved with pooling='trainable'" in flat(result.output)
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"ok\n\xff\xfe bad\n", "t.txt", "line 2: not valid UTF-8"),
+        (b'{"text": "a"}\n{"txt": "b"}\n', "t.jsonl", "line 2: missing field 'text'"),
+        (b'{"text": "a"}\n{oops\n', "t.jsonl", "line 2: invalid JSON"),
+        (b'{"text": 3}\n', "t.jsonl", "line 1, field 'text': expected a string"),
+    ],
+)
+def test_encode_bad_input_names_file_and_line(tiny_llama, tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    out = tmp_path / "v.npy"
+    out.write_bytes(b"keep me")
+    result = runner.invoke(app, ["encode", str(tiny_llama), "-i", str(path), "-o", str(out)])
+    assert result.exit_code == 2
+    assert str(path) in flat(result.output) and message in flat(result.output)
+    assert out.read_bytes() == b"keep me"  # nothing already written is touched
+
+
+def test_encode_unknown_pooling_and_missing_model(tiny_llama, tmp_path):
+    (tmp_path / "t.txt").write_text("a\n")
+    args = ["-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "v.npy")]
+    result = runner.invoke(app, ["encode", str(tiny_llama), *args, "--pooling", "max"])
+    assert result.exit_code == 2 and "unknown pooling 'max'" in flat(result.output)
+    result = runner.invoke(app, ["encode", str(tmp_path / "missing"), *args])
+    assert result.exit_code == 2 and "not found" in flat(result.output)
