@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # Resampling works on blocks of at most this many (resample x sample) elements to bound memory.
-_CHUNK_ELEMENTS = 4_000_000
+_CHUNK_ELEMENTS = 1_000_000
 # Relative tolerance that treats numerically distinct but theoretically equal statistics as ties
 # (the value scipy.stats.permutation_test uses).
 _TIE_RTOL = 100 * np.finfo(np.float64).eps
@@ -52,47 +52,84 @@ _TIE_RTOL = 100 * np.finfo(np.float64).eps
 # --------------------------------------------------------------------------------------------------------
 
 
+Fields = Mapping[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class SampleStatistic:
     """How a dataset's main score is computed from its per-sample fields.
 
     ``paired_field`` holds each design's own values (swapped between designs by the permutation test);
     ``shared_fields`` must be identical for both designs (gold labels); ``binary_fields`` must be 0/1.
-    ``is_mean`` marks statistics that are the mean of ``paired_field``: their difference is the mean of
-    per-sample differences, which allows vectorised resampling.
+    ``compute`` maps 1-D fields to the score; ``compute_rows``, when given, maps 2-D fields (one resample
+    per row) to one score per row and must agree with ``compute`` row by row (it vectorises resampling).
     """
 
     paired_field: str
-    compute: Callable[[Mapping[str, np.ndarray]], float]
+    compute: Callable[[Fields], float]
+    compute_rows: Callable[[Fields], np.ndarray] | None = None
     shared_fields: tuple[str, ...] = ()
     binary_fields: tuple[str, ...] = ()
-    is_mean: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
         return (self.paired_field, *self.shared_fields)
 
 
-def _mean_score(fields: Mapping[str, np.ndarray]) -> float:
+def _mean(fields: Fields) -> float:
     return float(np.mean(fields["score"]))
 
 
-def _spearman(fields: Mapping[str, np.ndarray]) -> float:
+def _mean_rows(fields: Fields) -> np.ndarray:
+    return np.mean(fields["score"], axis=-1)
+
+
+def _spearman(fields: Fields) -> float:
     return float(scipy.stats.spearmanr(fields["prediction"], fields["gold"]).statistic)
 
 
-def _average_precision(fields: Mapping[str, np.ndarray]) -> float:
+def _spearman_rows(fields: Fields) -> np.ndarray:
+    """Spearman's rho per row: the Pearson correlation of average ranks."""
+    ranks = [scipy.stats.rankdata(fields[f], axis=-1) for f in ("prediction", "gold")]
+    return scipy.stats.pearsonr(*ranks, axis=-1).statistic
+
+
+def _average_precision(fields: Fields) -> float:
     return float(average_precision_score(fields["gold"], fields["prediction"]))
+
+
+def _average_precision_rows(fields: Fields) -> np.ndarray:
+    """sklearn's average precision per row: sum over score thresholds of precision x recall increment.
+
+    Samples with tied predictions form one threshold, so each positive counts the precision at the end of
+    its tie group. Rows without positives score 0, as in sklearn.
+    """
+    order = np.argsort(-fields["prediction"], axis=-1, kind="stable")
+    prediction = np.take_along_axis(fields["prediction"], order, axis=-1)
+    gold = np.take_along_axis(fields["gold"], order, axis=-1)
+    n = gold.shape[-1]
+    precision = np.cumsum(gold, axis=-1) / np.arange(1, n + 1)
+    group_end = np.ones_like(gold, dtype=bool)
+    group_end[..., :-1] = prediction[..., 1:] != prediction[..., :-1]
+    end_position = np.where(group_end, np.arange(n), n - 1)
+    end_position = np.flip(np.minimum.accumulate(np.flip(end_position, -1), axis=-1), -1)
+    hits = np.sum(gold * np.take_along_axis(precision, end_position, axis=-1), axis=-1)
+    positives = gold.sum(axis=-1)
+    return np.divide(hits, positives, out=np.zeros_like(hits), where=positives > 0)
 
 
 STATISTICS: dict[str, SampleStatistic] = {
     # retrieval nDCG@10 per query, reranking AP per query, classification correctness, clustering V-measure
-    "mean": SampleStatistic("score", _mean_score, is_mean=True),
+    "mean": SampleStatistic("score", _mean, _mean_rows),
     # STS: Spearman correlation of cosine similarity with the gold score
-    "spearman": SampleStatistic("prediction", _spearman, shared_fields=("gold",)),
-    # pair classification: average precision of cosine similarity against 0/1 labels
+    "spearman": SampleStatistic("prediction", _spearman, _spearman_rows, shared_fields=("gold",)),
+    # pair classification: average precision (sklearn) of cosine similarity against 0/1 labels
     "average_precision": SampleStatistic(
-        "prediction", _average_precision, shared_fields=("gold",), binary_fields=("gold",)
+        "prediction",
+        _average_precision,
+        _average_precision_rows,
+        shared_fields=("gold",),
+        binary_fields=("gold",),
     ),
 }
 
@@ -114,10 +151,15 @@ class _Samples:
 
     def score(self, index: np.ndarray | None = None) -> float:
         fields = self.fields if index is None else {k: v[index] for k, v in self.fields.items()}
-        return self.statistic.compute(fields)
+        return float(self.statistic.compute(fields))
 
-    def with_field(self, field: str, values: np.ndarray) -> _Samples:
-        return replace(self, fields={**self.fields, field: values})
+    def row_scores(self, rows: Fields) -> np.ndarray:
+        """One score per row of ``rows`` (2-D replacements for some fields; the others are kept)."""
+        shape = next(iter(rows.values())).shape
+        fields = {k: np.broadcast_to(rows.get(k, v), shape) for k, v in self.fields.items()}
+        if self.statistic.compute_rows is not None:
+            return self.statistic.compute_rows(fields)
+        return np.array([self.statistic.compute({k: v[r] for k, v in fields.items()}) for r in range(shape[0])])
 
     def as_dict(self) -> dict[str, Any]:
         return {"statistic": self.name, "ids": list(self.ids), **self.fields}
@@ -152,7 +194,7 @@ def _parse(per_sample: Mapping[str, Any], label: str = "per_sample") -> _Samples
     for f in statistic.binary_fields:
         bad = np.flatnonzero((fields[f] != 0) & (fields[f] != 1))
         if bad.size:
-            raise ValueError(f"{label}[{f!r}][{bad[0]}] = {fields[f][bad[0]]!r}: must be 0 or 1")
+            raise ValueError(f"{label}[{f!r}][{bad[0]}] = {fields[f][bad[0]]}: must be 0 or 1")
     return _Samples(name, ids, fields)
 
 
@@ -204,9 +246,7 @@ def _align(per_sample_a: Mapping[str, Any], per_sample_b: Mapping[str, Any]) -> 
     return a, b
 
 
-def align(
-    per_sample_a: Mapping[str, Any], per_sample_b: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def align(per_sample_a: Mapping[str, Any], per_sample_b: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validated copies of two designs' per-sample results with the same ids in ``a``'s order.
 
     Raises ``ValueError`` if the statistics or the id sets differ, or if shared fields (gold) disagree.
@@ -371,11 +411,13 @@ def paired_bootstrap(
 ) -> PairedResult:
     """Paired bootstrap of ``score_b - score_a``: both designs are scored on the same resampled samples.
 
-    Runs ``scipy.stats.bootstrap(paired=True)`` with ``np.random.default_rng(seed)``: vectorised for mean
-    statistics, one :func:`score_from_samples`-style evaluation per resample otherwise. ``ci_method="bca"``
-    adds a jackknife (n more evaluations for non-mean statistics; NaN for a degenerate distribution).
+    Runs ``scipy.stats.bootstrap`` on the sample indices (as ``paired=True`` does) with
+    ``np.random.default_rng(seed)``; vectorised over resamples for row-wise statistics (mean, Spearman),
+    one evaluation per resample otherwise. ``ci_method="bca"`` adds a jackknife (n more evaluations;
+    NaN and a scipy warning for a degenerate bootstrap distribution).
     ``pvalue`` inverts the percentile interval: two-sided, ``2 * min(1 + #(boot <= 0), 1 + #(boot >= 0))
-    / (1 + n_resamples)``, capped at 1. Needs at least 2 samples.
+    / (1 + n_resamples)``, capped at 1. Needs at least 2 samples; a resample on which the statistic is
+    undefined (constant predictions for Spearman) makes the interval NaN.
     """
     a, b = _align(per_sample_a, per_sample_b)
     return _bootstrap(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed, ci_method=ci_method)
@@ -392,24 +434,20 @@ def _bootstrap(
     n = len(a)
     if n < 2:
         raise ValueError(f"paired bootstrap needs at least 2 samples, got {n}")
-    statistic = a.statistic
-    if statistic.is_mean:
-        data: tuple[np.ndarray, ...] = (b.fields[statistic.paired_field] - a.fields[statistic.paired_field],)
-        resampled_diff: Callable[..., Any] = np.mean
-        vectorized = True
-    else:
-        data = (np.arange(n),)
 
-        def resampled_diff(index: np.ndarray) -> float:
-            return b.score(index) - a.score(index)
+    def resampled_diff(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        rows = index.reshape(-1, index.shape[-1])
+        diffs = b.row_scores({k: v[rows] for k, v in b.fields.items()}) - a.row_scores(
+            {k: v[rows] for k, v in a.fields.items()}
+        )
+        return diffs.reshape(index.shape[:-1])
 
-        vectorized = False
     result = scipy.stats.bootstrap(
-        data,
+        (np.arange(n),),
         resampled_diff,
         n_resamples=n_resamples,
         batch=max(1, _CHUNK_ELEMENTS // n),
-        vectorized=vectorized,
+        vectorized=True,
         confidence_level=confidence,
         method="BCa" if ci_method == "bca" else "percentile",
         rng=np.random.default_rng(seed),
@@ -420,7 +458,7 @@ def _bootstrap(
         diff=b.score() - a.score(),
         ci_low=float(result.confidence_interval.low),
         ci_high=float(result.confidence_interval.high),
-        pvalue=min(1.0, 2 * (1 + tails) / (1 + n_resamples)),
+        pvalue=min(1.0, 2 * (1 + int(tails)) / (1 + n_resamples)),
         n=n,
         n_resamples=n_resamples,
         method=f"bootstrap-{ci_method}",
@@ -449,14 +487,8 @@ def _swapped_diffs(a: _Samples, b: _Samples, masks: np.ndarray) -> np.ndarray:
     """``score_b - score_a`` after swapping the designs' values on each row's masked samples."""
     field = a.statistic.paired_field
     values_a, values_b = a.fields[field], b.fields[field]
-    if a.statistic.is_mean:  # swapping a_i and b_i flips the sign of d_i
-        return (np.where(masks, -1.0, 1.0) @ (values_b - values_a)) / values_a.size
-    out = np.empty(len(masks))
-    for k, mask in enumerate(masks):
-        swapped_a = a.with_field(field, np.where(mask, values_b, values_a))
-        swapped_b = b.with_field(field, np.where(mask, values_a, values_b))
-        out[k] = swapped_b.score() - swapped_a.score()
-    return out
+    swapped_b = b.row_scores({field: np.where(masks, values_a, values_b)})
+    return swapped_b - a.row_scores({field: np.where(masks, values_b, values_a)})
 
 
 def paired_permutation(
@@ -469,8 +501,9 @@ def paired_permutation(
     """Paired permutation test of ``score_b - score_a`` (two-sided).
 
     Each resample swaps ``a_i`` and ``b_i`` with probability 1/2 per sample (a sign flip of ``b_i - a_i``
-    for mean statistics, vectorised). When ``2**n <= n_resamples`` all 2**n swap patterns are enumerated
-    and ``p = #extreme / 2**n`` (as scipy.stats.permutation_test); otherwise
+    for mean statistics); vectorised over resamples for row-wise statistics. When ``2**n <= n_resamples``
+    all 2**n swap patterns are enumerated and ``p = #extreme / 2**n`` (as scipy.stats.permutation_test);
+    otherwise
     ``p = (1 + #extreme) / (1 + n_resamples)``. Extreme means ``|T*| >= |T|`` up to a relative 1e-14.
     """
     a, b = _align(per_sample_a, per_sample_b)
@@ -511,9 +544,7 @@ def compare_within_dataset(
     ci_method, pvalue (permutation), p_method, n_resamples (bootstrap) and n_permutations.
     """
     a, b = _align(per_sample_a, per_sample_b)
-    bootstrap = _bootstrap(
-        a, b, n_resamples=n_resamples, confidence=confidence, seed=seed, ci_method="percentile"
-    )
+    bootstrap = _bootstrap(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed, ci_method="percentile")
     permutation = _permutation(a, b, n_resamples=n_resamples, seed=seed)
     return {
         "statistic": a.name,

@@ -1,0 +1,106 @@
+"""Encode throughput: poolattn vs sentence-transformers, side by side in one process.
+
+Same model (the embedded SmolLM2-135M) and pooling (last token). sentence-transformers runs
+``Transformer`` + ``Pooling("lasttoken")`` at its defaults (float32, batch size 32). poolattn runs with
+token-budgeted, length-sorted batches under ``torch.inference_mode`` in bfloat16 (and float32 for reference).
+Also measures this machine's fp32 / bf16 matmul peak in the same run and reports each run's fraction of it.
+
+    python bench/encode.py [--short 1024] [--long 256] [--max-length 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from poolattn import EmbeddingModel, assets
+from poolattn.corpora import lee_background, trec_questions
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+    """Sustained FLOP/s of a square matmul in ``dtype`` on this machine."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, float]:
+    fn(texts[:32])  # warm-up (allocator, kernels)
+    start = time.perf_counter()
+    out = fn(texts)
+    return out, time.perf_counter() - start
+
+
+def flops_per_token(model: EmbeddingModel) -> float:
+    """2 × non-embedding parameters: the dense FLOPs of one token's forward pass."""
+    backbone = model.backbone
+    embedding = backbone.get_input_embeddings().weight.numel()
+    return 2.0 * (sum(p.numel() for p in backbone.parameters()) - embedding)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", type=int, default=1024, help="number of short texts (TREC questions)")
+    parser.add_argument("--long", type=int, default=256, help="number of long texts (Lee background corpus)")
+    parser.add_argument("--max-length", type=int, default=512)
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Pooling, Transformer
+
+    torch.manual_seed(0)
+    path = str(assets.model_path("smollm2"))
+    cases = {
+        "short": [q.text for q in trec_questions()][: args.short],
+        "long": list(lee_background())[: args.long],
+    }
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
+
+    transformer = Transformer(path, max_seq_length=args.max_length)
+    st = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken")])
+    st.eval()
+    ours = {dt: EmbeddingModel.from_backbone(path, pooling="eos", dtype=dt, max_length=args.max_length) for dt in peaks}
+    fpt = flops_per_token(ours["float32"])
+
+    summary = []
+    for case, texts in cases.items():
+        st_tokens = int(sum(st.tokenize([t])["attention_mask"].sum() for t in texts))
+        our_tokens = sum(len(it.ids) for it in ours["float32"].tokenize_texts(texts))
+        st_vecs, st_time = timed(lambda t: st.encode(t, normalize_embeddings=True), texts)
+        print(f"\n{case}: {len(texts)} texts, {our_tokens} tokens (poolattn, EOS appended), {st_tokens} (ST)")
+        print(f"  sentence-transformers fp32: {len(texts) / st_time:8.1f} texts/s {st_tokens / st_time:9.0f} tok/s")
+        results = {}
+        for dt, model in ours.items():
+            vecs, seconds = timed(lambda t, model=model: model.encode(t, show_progress=False), texts)
+            results[dt] = (vecs, seconds)
+            mfu = our_tokens * fpt / seconds / peaks[dt]
+            print(
+                f"  poolattn {dt:9s}: {len(texts) / seconds:8.1f} texts/s {our_tokens / seconds:9.0f} tok/s "
+                f"({mfu:.0%} of the {dt} matmul peak)"
+            )
+        cosine = (results["bfloat16"][0] * results["float32"][0]).sum(1)
+        print(f"  bf16 vs fp32 cosine: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
+        fp32_check = (results["float32"][0] * st_vecs).sum(1)
+        print(f"  poolattn fp32 vs ST cosine (EOS appended vs not): mean {fp32_check.mean():.4f}")
+        best = min(results, key=lambda dt: results[dt][1])
+        ratio = (our_tokens / results[best][1]) / (st_tokens / st_time)
+        summary.append(
+            f"{case}: poolattn {our_tokens / results[best][1]:.0f} tok/s ({best}), "
+            f"sentence-transformers {st_tokens / st_time:.0f} tok/s, {ratio:.2f}x"
+        )
+    print()
+    for line in summary:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
