@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     torch.manual_seed(0)
     path = str(assets.model_path("smollm2"))
@@ -73,7 +73,7 @@ def main() -> None:
 
     summary = []
     for case, texts in cases.items():
-        st_tokens = int(sum(st.tokenize([t])["attention_mask"].sum() for t in texts))
+        st_tokens = int(sum(st.preprocess([t])["attention_mask"].sum() for t in texts))
         our_tokens = sum(len(it.ids) for it in ours["float32"].tokenize_texts(texts))
         st_vecs, st_time = timed(lambda t: st.encode(t, normalize_embeddings=True), texts)
         print(f"\n{case}: {len(texts)} texts, {our_tokens} tokens (poolattn, EOS appended), {st_tokens} (ST)")

@@ -1,0 +1,401 @@
+"""The offline suite: task registry, fixed splits, MTEB-exact scorers, per-sample scores and the runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from poolattn import assets, corpora, stats
+from poolattn.evaluate import offline
+from poolattn.evaluate.offline import (
+    ClassificationData,
+    RetrievalData,
+    STSData,
+)
+
+
+class HashEncoder:
+    """Hashed bag of words (instruction words included) plus a little text-seeded noise; L2-normalised."""
+
+    name = "hash-bow"
+
+    def __init__(self, dim: int = 128) -> None:
+        self.dim = dim
+        self.calls: list[tuple[str | None, list[str]]] = []
+
+    def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray:
+        self.calls.append((instruction, list(texts)))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i, 0] = 0.5
+            for word in re.findall(r"\w+", f"{instruction or ''} {text}".lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big")
+                out[i, 1 + h % (self.dim - 1)] += 1.0 if h & 1 else -1.0
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big")
+            out[i] += 0.05 * np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+#: One small task per category for the comparisons with mteb.
+ONE_PER_CATEGORY = {
+    "sts": "WordSim353STS",
+    "classification": "MovieReviewPolarityClassification",
+    "clustering": "NewsgroupTopicClustering",
+    "pair_classification": "MovieDialogReplyPairClassification",
+    "reranking": "MovieDialogReplyReranking",
+    "retrieval": "NewsLeadRetrieval",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path, HashEncoder]:
+    encoder = HashEncoder()
+    out = tmp_path_factory.mktemp("quick")
+    results = offline.run_suite(encoder, out, tasks=list(ONE_PER_CATEGORY.values()), profile="quick", progress=False)
+    return results, out, encoder
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+def test_registry_covers_mteb_categories() -> None:
+    by_category: dict[str, list[str]] = {}
+    for task in offline.list_tasks(include_unavailable=True):
+        by_category.setdefault(task.category, []).append(task.name)
+        assert task.description and task.source and task.split and task.instruction
+        assert task.sizes["quick"] <= task.sizes["full"]
+    assert set(by_category) == set(offline.CATEGORIES)
+    for category in ("sts", "classification", "clustering", "retrieval"):
+        assert len([n for n in by_category[category] if not offline.get_task(n).optional]) >= 3
+    with pytest.raises(KeyError, match="unknown task 'Nope'; known: LeeDocSTS"):
+        offline.get_task("Nope")
+    with pytest.raises(ValueError, match="unknown profile"):
+        offline.list_tasks("huge")  # type: ignore[arg-type]
+
+
+#: Content hashes of every built-in task: the splits and samples are fixed (changing them is deliberate).
+PINNED = {
+    ("LeeDocSTS", "full"): "637c625b3c59279b",
+    ("LeeDocSTS", "quick"): "637c625b3c59279b",
+    ("WordSim353STS", "full"): "b218fe2c6bf5fadf",
+    ("WordSim353STS", "quick"): "d2b0e7301820916b",
+    ("SimLex999STS", "full"): "ffabad51368664b3",
+    ("SimLex999STS", "quick"): "6eaf4e0a2fb93103",
+    ("TRECCoarseClassification", "full"): "71d12ddfd1ffb4c0",
+    ("TRECCoarseClassification", "quick"): "e1af6504ad6fc5f9",
+    ("SMSSpamClassification", "full"): "01d399bd9f1c6894",
+    ("SMSSpamClassification", "quick"): "a40177a3fb9b7b4e",
+    ("TweetPolarityClassification", "full"): "0d3b5d6cc6158f2f",
+    ("TweetPolarityClassification", "quick"): "d0b050237864969d",
+    ("ProductReviewPolarityClassification", "full"): "730e571897ee6225",
+    ("ProductReviewPolarityClassification", "quick"): "c00e06c3f8f1b6ce",
+    ("MovieReviewPolarityClassification", "full"): "7d30ce8749eb1d66",
+    ("MovieReviewPolarityClassification", "quick"): "a605c713fd03b0f4",
+    ("TRECFineClustering", "full"): "45af501117008a2b",
+    ("TRECFineClustering", "quick"): "0eb5442644ccf61f",
+    ("NewsgroupTopicClustering", "full"): "8d94083b0e81ff58",
+    ("NewsgroupTopicClustering", "quick"): "96e6726d101acdf8",
+    ("TextSourceClustering", "full"): "4db5784eca381049",
+    ("TextSourceClustering", "quick"): "dbac129e27afa913",
+    ("MovieDialogReplyPairClassification", "full"): "ee14b2ba5abb4f30",
+    ("MovieDialogReplyPairClassification", "quick"): "ab27d90a57e3c48e",
+    ("MovieDialogReplyReranking", "full"): "72453ab6b904d033",
+    ("MovieDialogReplyReranking", "quick"): "13b6ec4539d3dfa1",
+    ("MovieDialogReplyRetrieval", "full"): "2398bb01d29843aa",
+    ("MovieDialogReplyRetrieval", "quick"): "49b4617495358300",
+    ("NewsgroupSubjectRetrieval", "full"): "1313b780337d8872",
+    ("NewsgroupSubjectRetrieval", "quick"): "f4d63e311329152d",
+    ("NewsLeadRetrieval", "full"): "36ecfe945662daeb",
+    ("NewsLeadRetrieval", "quick"): "2dd930357f065060",
+}
+
+
+@pytest.mark.parametrize("task", [t for t in offline.TASKS.values() if not t.optional], ids=lambda t: t.name)
+def test_quick_is_a_subset_of_full_and_splits_are_pinned(task: offline.Task) -> None:
+    full, quick = task.load("full"), task.load("quick")
+    assert offline.n_samples(quick) <= offline.n_samples(full)
+    assert quick.all_texts() <= full.all_texts()
+    if isinstance(full, RetrievalData):
+        assert set(quick.query_ids) <= set(full.query_ids) and set(quick.doc_ids) <= set(full.doc_ids)
+        assert all(quick.qrels[q].items() <= full.qrels[q].items() for q in quick.query_ids)
+    else:
+        assert set(quick.ids) <= set(full.ids)
+    if isinstance(full, ClassificationData):
+        assert quick.train_texts == full.train_texts and not set(full.texts) & set(full.train_texts)
+        # quick's n-shot draws are the first draws of full's sequence
+        draws = offline.undersample(full.train_labels, full.n_experiments, full.samples_per_label)
+        assert (
+            offline.undersample(full.train_labels, quick.n_experiments, quick.samples_per_label)
+            == draws[: quick.n_experiments]
+        )
+    if isinstance(full, RetrievalData):
+        assert not set(full.queries) & set(full.docs)
+    for profile, data in (("full", full), ("quick", quick)):
+        assert offline.data_hash(data) == PINNED[(task.name, profile)], (task.name, profile)
+
+
+def test_undersample_matches_mteb() -> None:
+    from datasets import Dataset
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    labels = [i % 3 for i in range(40)] + [1] * 7
+    dataset = Dataset.from_dict({"text": [str(i) for i in range(len(labels))], "label": labels})
+    task = AbsTaskClassification.__new__(AbsTaskClassification)
+    task.seed, task.samples_per_label, task.label_column_name = 42, 4, "label"
+    idxs, expected = None, []
+    for i in range(5):
+        _, idxs, chosen = task._undersample_data(dataset, i, idxs)
+        expected.append(chosen)
+    assert offline.undersample(labels, 5, 4) == expected
+
+
+# ------------------------------------------------------------------------------------------- scorers
+
+
+def _embed_table(vectors: dict[str, list[float]]):
+    def embed(texts, instruction):
+        rows = np.asarray([vectors[t] for t in texts], dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    return embed
+
+
+def test_ranking_scores_by_hand() -> None:
+    vectors = {"q1": [1, 0], "q2": [0, 1], "a": [1, 0.1], "b": [0.1, 1], "c": [1, 1]}
+    data = RetrievalData(
+        ("q1", "q2"), ("q1", "q2"), ("da", "db", "dc"), ("a", "b", "c"), {"q1": {"da": 1}, "q2": {"da": 1}}
+    )
+    score = offline.score_ranking(data, _embed_table(vectors), None, main="ndcg_cut_10")
+    # q1 ranks a first (nDCG 1); q2 ranks b, c, a: relevant at rank 3, nDCG = 1/log2(4)
+    assert score.per_sample["score"] == pytest.approx([1.0, 0.5])
+    assert score.main == pytest.approx(0.75)
+    assert score.metrics["mrr_at_10"] == pytest.approx((1 + 1 / 3) / 2)
+    assert score.metrics["recall_at_1"] == pytest.approx(0.5)
+    reranked = dataclasses.replace(data, candidates={"q1": ("da", "dc"), "q2": ("da", "db")})
+    score = offline.score_ranking(reranked, _embed_table(vectors), None, main="map_cut_1000")
+    assert score.per_sample["score"] == pytest.approx([1.0, 0.5])
+
+
+def test_sts_score_by_hand() -> None:
+    vectors = {"a": [1, 0], "b": [1, 0.2], "c": [0, 1], "d": [1, 1]}
+    data = STSData(("p1", "p2", "p3"), ("a", "a", "a"), ("b", "c", "d"), (5.0, 0.0, 3.0), 0.0, 5.0)
+    score = offline.score_sts(data, _embed_table(vectors), None)
+    assert score.main == pytest.approx(1.0)
+    assert score.per_sample["statistic"] == "spearman" and score.per_sample["gold"] == [5.0, 0.0, 3.0]
+
+
+def test_encoder_output_is_validated() -> None:
+    class Bad:
+        name = "bad"
+
+        def encode(self, texts, *, instruction=None):
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    cache = offline.EmbeddingCache(Bad())
+    with pytest.raises(ValueError, match=r"row 0 has norm 2\.0000; rows must be L2-normalised"):
+        cache(["a", "b"], None)
+
+
+# --------------------------------------------------------------------------------------- vs mteb
+
+
+def _mteb_scores(encoder, names: list[str], profile: str, prediction_folder: Path | None = None) -> dict:
+    import mteb
+
+    from poolattn.evaluate.mteb_adapter import MTEBEncoder, as_mteb_task
+
+    tasks = [as_mteb_task(name, profile) for name in names]
+    result = mteb.evaluate(
+        MTEBEncoder(encoder), tasks, cache=None, show_progress_bar=False, prediction_folder=prediction_folder
+    )
+    return {r.task_name: r.scores["test"][0] for r in result.task_results}
+
+
+def test_main_scores_equal_mteb(quick_results, tmp_path: Path) -> None:
+    """The same embeddings through mteb's own task classes give the same main scores.
+
+    mteb rounds retrieval/reranking means to 5 decimals; the unrounded per-query scores are compared
+    with mteb's own metric code applied to the rankings mteb saved.
+    """
+    from mteb._evaluators.retrieval_metrics import calculate_retrieval_scores
+
+    results, _, _ = quick_results
+    ours = {r["task"]: r for r in results}
+    theirs = _mteb_scores(HashEncoder(), list(ONE_PER_CATEGORY.values()), "quick", tmp_path)  # same embeddings
+    for category, name in ONE_PER_CATEGORY.items():
+        mine, mteb_score = ours[name], theirs[name]
+        if category in offline.QUERY_ONLY:
+            assert abs(mine["main_score"] - mteb_score["main_score"]) <= 5e-6 + 1e-12, name
+            predictions = json.loads((tmp_path / f"{name}_predictions.json").read_text())["default"]["test"]
+            data = offline.get_task(name).load("quick")
+            per_query = calculate_retrieval_scores(predictions, data.qrels, offline.K_VALUES).all_scores
+            key = "map_cut_1000" if category == "reranking" else "ndcg_cut_10"
+            expected = [per_query[q][key] for q in mine["per_sample"]["ids"]]
+            np.testing.assert_allclose(mine["per_sample"]["score"], expected, rtol=0, atol=1e-12)
+        else:
+            assert mine["main_score"] == pytest.approx(mteb_score["main_score"], abs=1e-9), name
+        for metric, value in mine["metrics"].items():
+            if metric in mteb_score and not metric.startswith(("similarity_", "max_", "dot_")):
+                assert value == pytest.approx(mteb_score[metric], abs=1e-5 + 1e-9), (name, metric)
+
+
+@pytest.mark.slow
+def test_every_task_equals_mteb(tmp_path: Path) -> None:
+    encoder = HashEncoder()
+    names = [t.name for t in offline.list_tasks()]
+    results = offline.run_suite(encoder, tmp_path / "suite", profile="quick", progress=False)
+    theirs = _mteb_scores(encoder, names, "quick")
+    for r in results:
+        tolerance = 5e-6 if r["category"] in offline.QUERY_ONLY else 1e-9
+        assert abs(r["main_score"] - theirs[r["task"]]["main_score"]) <= tolerance + 1e-12, r["task"]
+
+
+# ---------------------------------------------------------------------------------------- runner
+
+
+def test_result_files_and_per_sample_recompute_main_score(quick_results) -> None:
+    results, out, _ = quick_results
+    assert [r["task"] for r in results] == list(ONE_PER_CATEGORY.values())
+    for r in results:
+        stored = json.loads((out / f"{r['task']}.json").read_text())
+        assert stored == json.loads(json.dumps(r))
+        assert set(offline.RESULT_KEYS) <= set(stored)
+        assert stored["profile"] == "quick" and stored["model_id"] == "hash-bow"
+        assert stored["versions"]["mteb"] and stored["versions"]["numpy"]
+        assert stats.score_from_samples(stored["per_sample"]) == pytest.approx(stored["main_score"], abs=1e-12)
+        expected_statistic = {"sts": "spearman", "pair_classification": "average_precision"}.get(r["category"], "mean")
+        assert stored["per_sample"]["statistic"] == expected_statistic
+        assert stored["encode_seconds"] >= 0 and stored["n_samples"] > 0
+    classification = next(r for r in results if r["category"] == "classification")
+    assert all(0 <= s <= 1 for s in classification["per_sample"]["score"])
+    clustering = next(r for r in results if r["category"] == "clustering")
+    assert len(clustering["per_sample"]["ids"]) == 10
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_instructions_queries_only_for_retrieval(quick_results) -> None:
+    _, _, encoder = quick_results
+    retrieval = offline.get_task("NewsLeadRetrieval")
+    data = retrieval.load("quick")
+    seen = {(instruction, text) for instruction, texts in encoder.calls for text in texts}
+    assert all((retrieval.instruction, q) in seen for q in data.queries)
+    assert all((None, d) in seen for d in data.docs)
+    sts = offline.get_task("WordSim353STS")
+    assert all((sts.instruction, t) in seen for t in sts.load("quick").all_texts())
+    # every (instruction, text) is encoded once per run
+    flat = [(instruction, text) for instruction, texts in encoder.calls for text in texts]
+    assert len(flat) == len(set(flat))
+
+
+def test_stored_results_are_reused_or_recomputed(tmp_path: Path) -> None:
+    encoder = HashEncoder()
+    tasks = ["WordSim353STS", "NewsLeadRetrieval"]
+    first = offline.run_suite(encoder, tmp_path, tasks=tasks, profile="quick", config_hash="abc", progress=False)
+    calls = len(encoder.calls)
+    again = offline.run_suite(encoder, tmp_path, tasks=tasks, profile="quick", config_hash="abc", progress=False)
+    assert len(encoder.calls) == calls and again == json.loads(json.dumps(first))
+    offline.run_suite(encoder, tmp_path, tasks=tasks[:1], profile="quick", config_hash="other", progress=False)
+    assert len(encoder.calls) > calls
+    calls = len(encoder.calls)
+    (tmp_path / "NewsLeadRetrieval.json").write_text('{"task": "NewsLeadRetrieval"')  # truncated file
+    offline.run_suite(encoder, tmp_path, tasks=tasks, profile="quick", config_hash="other", progress=False)
+    assert len(encoder.calls) > calls
+    stored = json.loads((tmp_path / "NewsLeadRetrieval.json").read_text())
+    assert stored["config_hash"] == "other"
+
+
+def test_instruction_overrides(tmp_path: Path) -> None:
+    encoder = HashEncoder()
+    result = offline.run_suite(
+        encoder,
+        tmp_path,
+        tasks=["WordSim353STS"],
+        profile="quick",
+        instructions={"sts": "Category instruction", "WordSim353STS": None},
+        progress=False,
+    )
+    assert result[0]["instruction"] is None
+    assert {instruction for instruction, _ in encoder.calls} == {None}
+    task = offline.get_task("SimLex999STS")
+    assert offline.resolve_instruction(task, {"sts": "Category instruction"}) == "Category instruction"
+    assert offline.resolve_instruction(task) == offline.STS_INSTRUCTION
+
+
+def test_summarize_and_table(quick_results, capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    results, _, _ = quick_results
+    summary = offline.summarize(results)
+    assert list(summary) == list(offline.CATEGORIES)
+    assert summary["sts"] == pytest.approx(results[0]["main_score"])
+    offline.print_summary(results, console=Console(width=140, force_terminal=False))
+    printed = capsys.readouterr().out
+    assert "NewsLeadRetrieval" in printed and "pair_classification" in printed
+
+
+def test_unknown_task_and_unavailable_wordnet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(assets, "wordnet_dir", lambda: None)
+    assert "WordNetGlossRetrieval" not in [t.name for t in offline.list_tasks()]
+    with pytest.raises(ValueError, match="need WordNet"):
+        offline.run_suite(HashEncoder(), tmp_path, tasks=["WordNetGlossRetrieval"], progress=False)
+    with pytest.raises(KeyError, match="unknown task"):
+        offline.run_suite(HashEncoder(), tmp_path, tasks=["NoSuchTask"], progress=False)
+
+
+def test_wordnet_tasks_when_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "wordnet"
+    folder.mkdir()
+    (folder / "lexnames").write_text("05\tnoun.animal\t1\n13\tnoun.food\t1\n")
+    # each example shares a sense-specific word (k0, k1, ...) with its definition
+    animals = [
+        f'{i:08d} 05 n 01 beast{i} 0 000 | an animal of kind k{i} that lives; "a k{i} beast ran off"' for i in range(12)
+    ]
+    foods = [
+        f'{i + 100:08d} 13 n 01 dish{i} 0 000 | a food of kind f{i} to eat; "the f{i} dish was eaten"'
+        for i in range(12)
+    ]
+    (folder / "data.noun").write_text("\n".join(animals + foods) + "\n")
+    for pos in ("verb", "adj", "adv"):
+        (folder / f"data.{pos}").write_text("")
+    monkeypatch.setattr(assets, "wordnet_dir", lambda: folder)
+    corpora.wordnet_senses.cache_clear()
+    offline._BUILT.clear()
+    try:
+        names = [t.name for t in offline.list_tasks()]
+        assert {"WordNetGlossRetrieval", "WordNetLexnameClustering"} <= set(names)
+        results = offline.run_suite(
+            HashEncoder(), tmp_path / "out", tasks=["WordNetGlossRetrieval", "WordNetLexnameClustering"], progress=False
+        )
+        retrieval, clustering = results
+        assert retrieval["n_samples"] == 24 and clustering["n_samples"] == 24
+        assert 0 < retrieval["main_score"] <= 1 and 0 <= clustering["main_score"] <= 1
+        data = offline.get_task("WordNetGlossRetrieval").load()
+        docs = dict(zip(data.doc_ids, data.docs, strict=True))
+        for qid, query in zip(data.query_ids, data.queries, strict=True):
+            (relevant,) = data.qrels[qid]
+            assert query.split()[1] in docs[relevant].split()  # an example is paired with its own definition
+        assert set(offline.get_task("WordNetLexnameClustering").load().labels) == {"noun.animal", "noun.food"}
+    finally:
+        corpora.wordnet_senses.cache_clear()
+        offline._BUILT.clear()
+
+
+@pytest.mark.slow
+def test_sentence_transformer_peer(tmp_path: Path) -> None:
+    encoder = offline.SentenceTransformerEncoder(assets.peer_path("minilm"), name="minilm")
+    vecs = encoder.encode(["a cat sat on the mat", "a dog sat on the rug"], instruction="ignored")
+    assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    templated = offline.SentenceTransformerEncoder(encoder.model, instruction_template="{instruction}: {text}")
+    assert not np.allclose(templated.encode(["a cat"], instruction="Classify"), encoder.encode(["a cat"]))
+    result = offline.run_suite(encoder, tmp_path, tasks=["WordSim353STS"], profile="quick", progress=False)[0]
+    assert result["main_score"] > 0.5  # a trained peer ranks word relatedness well

@@ -1,0 +1,111 @@
+"""The mteb 2 adapter, run offline on mteb tasks defined over the shipped data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before mteb / huggingface_hub are imported: nothing may be downloaded
+
+import mteb
+import numpy as np
+import pytest
+from mteb.types import PromptType
+from test_evaluate import HashEncoder
+
+from poolattn.evaluate import offline
+from poolattn.evaluate.mteb_adapter import (
+    DEFAULT_INSTRUCTIONS,
+    PAPER_TASKS,
+    MTEBEncoder,
+    as_mteb_task,
+    run_mteb,
+)
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_paper_task_list_matches_the_paper_and_mteb() -> None:
+    counts = {category: len(names) for category, names in PAPER_TASKS.items()}
+    assert counts == {
+        "sts": 8,
+        "classification": 6,
+        "clustering": 11,
+        "pair_classification": 3,
+        "reranking": 4,
+        "retrieval": 14,
+        "summarization": 1,
+    }
+    names = [name for group in PAPER_TASKS.values() for name in group]
+    known = {task.metadata.name: task for task in mteb.get_tasks(tasks=names)}  # metadata only, no download
+    assert set(names) == set(known)
+    for category, group in PAPER_TASKS.items():
+        for name in group:
+            assert DEFAULT_INSTRUCTIONS[name]
+            assert known[name].metadata.type.lower().replace("pairclassification", "pair_classification") == category
+
+
+def test_instruction_resolution() -> None:
+    model = MTEBEncoder(HashEncoder(), instructions={"SciFact": "Custom", "Clustering": None})
+    sts, scifact, msmarco = (mteb.get_task(n).metadata for n in ("STS12", "SciFact", "MSMARCO"))
+    reddit = mteb.get_task("RedditClustering").metadata
+    assert model.instruction_for(sts, None) == "Retrieve semantically similar text."
+    assert model.instruction_for(msmarco, PromptType.query) == DEFAULT_INSTRUCTIONS["MSMARCO"]
+    assert model.instruction_for(msmarco, PromptType.document) is None
+    assert model.instruction_for(scifact, PromptType.query) == "Custom"
+    assert model.instruction_for(reddit, None) is None
+    offline_task = as_mteb_task("NewsLeadRetrieval").metadata
+    expected = offline.get_task("NewsLeadRetrieval").instruction
+    assert model.instruction_for(offline_task, PromptType.query) == expected
+    assert model.mteb_model_meta.name == "poolattn/hash-bow"
+
+
+def test_run_mteb_offline_matches_the_offline_suite(tmp_path: Path) -> None:
+    names = ["WordSim353STS", "NewsLeadRetrieval"]
+    encoder = HashEncoder()
+    records = run_mteb(encoder, [as_mteb_task(n) for n in names], None, tmp_path / "mteb", progress=False)
+    ours = {
+        r["task"]: r["main_score"]
+        for r in offline.run_suite(HashEncoder(), tmp_path / "offline", tasks=names, profile="quick", progress=False)
+    }
+    assert [r["task"] for r in records] == names
+    assert records[0]["category"] == "sts" and records[1]["category"] == "retrieval"
+    assert records[0]["main_score"] == pytest.approx(ours["WordSim353STS"], abs=1e-9)
+    assert records[1]["main_score"] == pytest.approx(ours["NewsLeadRetrieval"], abs=5e-6)
+    stored = json.loads((tmp_path / "mteb" / "NewsLeadRetrieval.json").read_text())
+    assert stored["main_metric"] == "ndcg_at_10" and stored["scores"]["test"][0]["ndcg_at_10"] == pytest.approx(
+        records[1]["main_score"]
+    )
+    # retrieval documents are encoded without an instruction, queries with the task's
+    data = offline.get_task("NewsLeadRetrieval").load("quick")
+    seen = {(instruction, text) for instruction, texts in encoder.calls for text in texts}
+    assert all((None, d) in seen for d in data.docs)
+    assert all((offline.get_task("NewsLeadRetrieval").instruction, q) in seen for q in data.queries)
+    # mteb's result cache in output_dir/mteb makes a second run skip the finished tasks
+    calls = len(encoder.calls)
+    again = run_mteb(encoder, [as_mteb_task(n) for n in names], None, tmp_path / "mteb", progress=False)
+    assert len(encoder.calls) == calls
+    # (mteb stores scores rounded)
+    assert [r["main_score"] for r in again] == pytest.approx([r["main_score"] for r in records], abs=1e-5)
+
+
+def test_mteb_encoder_returns_the_encoders_vectors() -> None:
+    encoder = HashEncoder()
+    model = MTEBEncoder(encoder)
+    meta = as_mteb_task("WordSim353STS").metadata
+    batches = [{"text": ["a cat", "a dog"]}, {"text": ["a bird"]}]
+    vecs = model.encode(batches, task_metadata=meta, hf_split="test", hf_subset="default")
+    np.testing.assert_array_equal(vecs, HashEncoder().encode(["a cat", "a dog", "a bird"], instruction=meta.prompt))
+
+
+def test_run_mteb_argument_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one of tasks"):
+        run_mteb(HashEncoder(), None, None, tmp_path)
+    with pytest.raises(ValueError, match="exactly one of tasks"):
+        run_mteb(HashEncoder(), ["STS12"], "MTEB(eng, v1)", tmp_path)
+    with pytest.raises((ValueError, KeyError)):
+        run_mteb(HashEncoder(), ["NoSuchTask"], None, tmp_path)
