@@ -4,8 +4,9 @@ Same model (the packaged SmolLM2-135M, float32), same LoRA (r 16, alpha 32, drop
 global batch, maximum length, learning rate, data (default movie-dialogue pairs with one random hard negative,
 the instruction on the query side) and loss (InfoNCE with scale 20 over in-batch positives and hard negatives).
 sentence-transformers runs ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` over
-``Transformer`` + ``Pooling("mean")`` (causal attention), so poolattn runs mean pooling with causal attention
-for the like-for-like ratio; the default design (bidirectional, multi-layer head) is timed too.
+``Transformer`` (plain text modality, no chat template) + ``Pooling("mean")`` (causal attention), so poolattn
+runs mean pooling with causal attention for the like-for-like ratio; the default design (bidirectional,
+multi-layer head) is timed too. Texts are the same; poolattn appends an EOS token to each.
 
 Each trainer runs in its own process, one after the other. Throughput is examples per second over the steps
 after the first (warm-up); a step is timed end to end (tokenisation, forward, backward, optimiser). Memory is
@@ -105,7 +106,14 @@ def run_sentence_transformers(args: argparse.Namespace) -> dict[str, Any]:
             "negative": [r.negatives[0] for r in data],
         }
     )
-    transformer = Transformer(str(assets.model_path("smollm2")), max_seq_length=args.max_length)
+    path = str(assets.model_path("smollm2"))
+    # sentence-transformers 6 renders every text through the model's chat template when there is one (the
+    # converted SmolLM2 folder has one): pin the plain text modality so both trainers see the same tokens.
+    transformer = Transformer(path, max_seq_length=args.max_length)
+    text_only = {k: v for k, v in transformer.modality_config.items() if k == "text"}
+    transformer = Transformer(
+        path, max_seq_length=args.max_length, modality_config=text_only, module_output_name="token_embeddings"
+    )
     if transformer.tokenizer.pad_token is None:
         transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
     lora = LoraConfig(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from poolattn import EmbeddingModel
+from poolattn.model import reduce_states
 from poolattn.pooling import POOLERS, PoolInput, build_pooler
 from poolattn.pooling.cross_attention import compact, paper_latent, paper_perceiver, resolve_size
 from poolattn.pooling.multilayer import normalise_layers
@@ -87,7 +88,8 @@ def test_multilayer_layer_selection_and_reduction(models):
     causal = models("multilayer", "causal")
     assert causal.pooler.selected_layers() == [1, 2, 3] and causal.pooler.layer_reduction() == "last"
     bidir = models("multilayer", "bidirectional", layers=[-1, 1])
-    assert bidir.pooler.selected_layers() == [1, 3] and bidir.pooler.layer_reduction() == "mean"
+    assert bidir.pooler.selected_layers() == [1, 3] and bidir.pooler.layer_reduction() == "mean_no_sink"
+    assert models("multilayer", "bidirectional", layer_pooling="mean").pooler.layer_reduction() == "mean"
     assert tuple(bidir.pooler.layer_embedding.shape) == (2, 32)
     assert normalise_layers(None, 4) == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="out of range"):
@@ -109,6 +111,40 @@ def test_multilayer_vectors_match_hidden_states(models):
         for layer in range(3):
             ref = out.hidden_states[layer + 1][i, last[i]]
             torch.testing.assert_close(torch.from_numpy(layers[i, layer]), ref / ref.norm(), rtol=0, atol=1e-5)
+
+
+def test_sink_free_mean_drops_each_rows_first_real_token():
+    states = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1) + 1  # row 0: 1..4, row 1: 5..8
+    attention = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1]])  # right- and left-padded
+    pool = attention.bool()
+    last = torch.tensor([2, 3])
+    got = reduce_states(states, attention, pool, last, "mean_no_sink")
+    assert got.squeeze(1).tolist() == [2.5, 8.0]  # mean of 2,3 and of 8 alone
+    # instruction tokens excluded from pooling: the sink is still the sequence's first token, not the first pooled
+    pool_no_instruction = torch.tensor([[False, True, True, False], [False, False, True, True]])
+    assert reduce_states(states, attention, pool_no_instruction, last, "mean_no_sink").squeeze(1).tolist() == [2.5, 8.0]
+    # a one-token text keeps its only token
+    single = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 1]])
+    assert reduce_states(states, single, single.bool(), torch.tensor([0, 3]), "mean_no_sink").squeeze(1).tolist() == [
+        1.0,
+        8.0,
+    ]
+    with pytest.raises(ValueError, match="unknown layer reduction"):
+        reduce_states(states, attention, pool, last, "max")
+
+
+def test_multilayer_rms_normalises_each_layer_vector_before_the_layer_embedding():
+    pooler = build_pooler("multilayer", hidden_size=8, num_layers=2, attention="causal")
+    vectors = torch.randn(3, 2, 8)
+    inputs = PoolInput(torch.zeros(3, 1, 8), torch.ones(3, 1), torch.ones(3, 1, dtype=torch.bool), torch.zeros(3))
+    inputs.layer_vectors = vectors
+    out = pooler(inputs)
+    inputs.layer_vectors = vectors * torch.tensor([100.0, 0.01, 7.0]).view(3, 1, 1)  # per-text scale
+    torch.testing.assert_close(pooler(inputs)[[0]], out[[0]], rtol=1e-4, atol=1e-5)
+    raw = build_pooler("multilayer", hidden_size=8, num_layers=2, attention="causal", options={"layer_norm": "none"})
+    assert raw.layer_norm == "none"
+    with pytest.raises(ValueError, match="layer_norm"):
+        build_pooler("multilayer", hidden_size=8, num_layers=2, attention="causal", options={"layer_norm": "l2"})
 
 
 def test_presets_and_size_options():

@@ -158,7 +158,7 @@ def encode(
     epilog=(
         "**Examples**\n\n"
         "    poolattn train configs/train_default.toml\n\n"
-        "    poolattn train configs/train_default.toml --set train.steps=50 --set model.pooling=mean\n\n"
+        "    poolattn train configs/train_default.toml --set recipe.steps=50 --set model.pooling=mean\n\n"
         "    accelerate launch --num_processes 8 -m poolattn train configs/train_paper.toml"
     )
 )
@@ -167,14 +167,15 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
 ) -> None:
     """Fine-tune a design contrastively (LoRA, full or head-only); writes a folder `EmbeddingModel.load` reads."""
-    from .train import load_train_config
+    from .data import DataError
+    from .train import TrainingDiverged, load_train_config
     from .train import train as run_training
 
     try:
         cfg = load_train_config(config, list(set_ or []))
-    except (ValueError, KeyError, FileNotFoundError) as err:
+        result = run_training(cfg)
+    except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
         fail(str(err))
-    result = run_training(cfg)
     console.print(f"model written to {result.model_dir} ({result.steps} steps, {result.wall_seconds:.0f} s)")
 
 
@@ -251,9 +252,14 @@ def experiment(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
 ) -> None:
     """Run a controlled design study: train every design, evaluate, test significance, write the report."""
-    from .experiment import run_experiment
+    from .data import DataError
+    from .experiment import StudyError, run_experiment
+    from .train import TrainingDiverged
 
-    report = run_experiment(config, output, overrides=list(set_ or []))
+    try:
+        report = run_experiment(config, output, overrides=list(set_ or []))
+    except (StudyError, DataError, TrainingDiverged, FileNotFoundError) as err:
+        fail(str(err))
     console.print(f"[bold green]report:[/] {report}")
 
 
@@ -262,7 +268,10 @@ def report(folder: Annotated[Path, typer.Argument(help="a study folder written b
     """Re-render a study's report (Markdown + HTML) from its stored results."""
     from .report import render_report
 
-    path = render_report(folder)
+    try:
+        path = render_report(folder)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
     console.print(f"[bold green]report:[/] {path}")
 
 

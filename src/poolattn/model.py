@@ -266,7 +266,7 @@ class EmbeddingModel(nn.Module):
 
             def hook(_module: nn.Module, _args: Any, output: Any, layer: int = layer) -> None:
                 states = output[0] if isinstance(output, tuple) else output
-                collected[layer] = reduce_states(states, batch.pool_mask, last_index, reduction)
+                collected[layer] = reduce_states(states, batch.attention_mask, batch.pool_mask, last_index, reduction)
 
             handles.append(blocks[layer - 1].register_forward_hook(hook))
         try:
@@ -476,15 +476,39 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
+LAYER_REDUCTIONS = ("last", "mean", "mean_no_sink")
+
+
 def reduce_states(
-    states: torch.Tensor, pool_mask: torch.Tensor, last_index: torch.Tensor, reduction: str
+    states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pool_mask: torch.Tensor,
+    last_index: torch.Tensor,
+    reduction: str,
 ) -> torch.Tensor:
-    """One vector per text from a layer's token states: last token or masked mean (float32)."""
+    """One vector per text from a layer's token states (float32).
+
+    ``last``: the final real token; ``mean``: masked mean over the pooled tokens; ``mean_no_sink``: the same mean
+    without each sequence's first real token, the attention sink whose intermediate states carry massive
+    activations (norms ~100× the other tokens' in SmolLM2 from layer 12 on) that would otherwise dominate the
+    mean. A text left with no pooled token keeps its pooled tokens.
+    """
     if reduction == "last":
         return last_token(states, last_index).float()
     if reduction == "mean":
         return masked_mean(states, pool_mask)
-    raise ValueError(f"unknown layer reduction {reduction!r}; choose 'last' or 'mean'")
+    if reduction == "mean_no_sink":
+        return masked_mean(states, without_sink(attention_mask, pool_mask))
+    raise ValueError(f"unknown layer reduction {reduction!r}; choose one of {LAYER_REDUCTIONS}")
+
+
+def without_sink(attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+    """``pool_mask`` minus each row's first real token, unless nothing would be left."""
+    first = attention_mask.long().argmax(dim=1)
+    trimmed = pool_mask.bool().clone()
+    trimmed[torch.arange(pool_mask.shape[0], device=pool_mask.device), first] = False
+    keep_all = trimmed.sum(dim=1) == 0
+    return torch.where(keep_all[:, None], pool_mask.bool(), trimmed)
 
 
 def stack_layers(
@@ -498,7 +522,7 @@ def stack_layers(
     vectors = [
         collected[layer]
         if layer in collected
-        else reduce_states(final_hidden, inputs.pool_mask, inputs.last_index, reduction)
+        else reduce_states(final_hidden, inputs.attention_mask, inputs.pool_mask, inputs.last_index, reduction)
         for layer in layers
     ]
     return torch.stack(vectors, dim=1)

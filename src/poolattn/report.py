@@ -566,7 +566,14 @@ def plot_losses(results: StudyResults, path: Path) -> Path | None:
         ax.plot(steps, losses, color=colors[design], alpha=0.25, linewidth=0.8, marker=marker, markersize=3)
         label = design if design not in labelled else None
         labelled.add(design)
-        ax.plot(steps[window - 1 :], smooth, color=colors[design], linewidth=1.8, label=label, marker=marker)
+        ax.plot(
+            steps[window - 1 :],
+            smooth,
+            color=colors[design],
+            linewidth=1.8,
+            label=label,
+            marker="o" if len(smooth) == 1 else None,
+        )
     ax.xaxis.set_major_locator(integer_ticks())
     ax.set_xlabel("training step")
     ax.set_ylabel("InfoNCE loss")
@@ -608,7 +615,7 @@ def plot_layer_quality(layers: Mapping[str, Any], path: Path) -> Path | None:
     plt = _pyplot()
     curves = layer_category_curves(layers)
     x = np.arange(1, layers["num_layers"] + 1)
-    fig, ax = plt.subplots(figsize=(8, 4.6))
+    fig, ax = plt.subplots(figsize=(8, 5.4))
     for i, (category, values) in enumerate(curves.items()):
         if category == "all":
             ax.plot(x, values, color="black", linewidth=2.4, label="mean of all layer tasks")
@@ -629,7 +636,7 @@ def plot_layer_quality(layers: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("main score")
     ax.set_title(f"Quality of each layer's embedding (base model, {layers['reduction']})")
     ax.grid(alpha=0.3)
-    ax.legend(ncol=2, frameon=False, loc="best")
+    ax.legend(ncol=3, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     return save_figure(fig, path)
 
 

@@ -15,11 +15,14 @@ Texts are embedded in length-sorted chunks cut where padding would cost more tha
 (``forward_tokens`` padded tokens at most, ``mini_batch`` texts at most), so little compute goes to padding.
 
 Several processes (``accelerate launch``) each embed their slice of the global batch; embeddings are
-all-gathered, every process computes the same global loss, and the trainable gradients are summed across
-processes, so N processes x b examples equal one process x N*b.
+all-gathered, every process computes the same global loss and back-propagates it through its own rows.
+accelerate's engine (DDP, FSDP or DeepSpeed ZeRO-2, as its config says) synchronises the gradients once per
+step, at the last chunk's backward, scaled so that N processes x b examples equal one process x N*b.
 
 Run: ``python -m poolattn.train CONFIG.toml [--set recipe.lr=1e-4 ...]`` or, on several devices,
-``accelerate launch -m poolattn.train CONFIG.toml``. The output folder holds ``model/`` (what
+``accelerate launch --config_file configs/accelerate/ddp.yaml -m poolattn train CONFIG.toml`` (also
+``fsdp.yaml``, ``deepspeed_zero2.yaml``; on CPUs: ``torchrun --nproc_per_node 2 -m poolattn train CONFIG.toml``).
+The output folder holds ``model/`` (what
 :meth:`EmbeddingModel.load` reads), ``train_log.jsonl`` (one line per step), ``train_summary.json``,
 ``train_config.toml`` and ``checkpoints/`` (a rerun resumes from the latest).
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -70,6 +74,7 @@ SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "train_config.toml"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+ENGINE_DIR = "engine"  # in a checkpoint: FSDP's or DeepSpeed's own state (accelerate's save_state)
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -103,13 +108,13 @@ class ModelSection:
 class DataSection:
     """Training records: ``path`` is a file (JSONL, CSV/TSV, Parquet), a ``datasets`` folder or name, or
     ``"default"`` (the movie-dialog train split). ``hard_negatives`` (none | random | mined) fills records that
-    have no negative; unset means ``random`` for the default set and ``none`` for files. ``instruction`` is
+    have no negative; ``auto`` means ``random`` for the default set and ``none`` for files. ``instruction`` is
     given to queries whose record has none (the default set's is :data:`poolattn.data.DEFAULT_INSTRUCTION`)."""
 
     path: str = "default"
     n_pairs: int | None = None
     skip_bad: bool = False
-    hard_negatives: str | None = None
+    hard_negatives: str | None = "auto"  # None (``--set data.hard_negatives=none``) is "none"
     instruction: str | None = None
 
 
@@ -215,6 +220,7 @@ def check_config(config: TrainConfig) -> None:
         "recipe.finetune": (recipe.finetune, tuple(FINETUNE_MODES)),
         "recipe.mixed_precision": (recipe.mixed_precision, tuple(MIXED_PRECISION)),
         "recipe.scheduler": (recipe.scheduler, SCHEDULERS),
+        "data.hard_negatives": (config.data.hard_negatives, (None, "auto", "none", "random", "mined")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -344,12 +350,16 @@ def read_training_data(config: TrainConfig) -> ReadResult:
         records = default_training_set(
             data.n_pairs,
             seed=seed,
-            hard_negatives=data.hard_negatives or "random",
+            hard_negatives="random" if data.hard_negatives == "auto" else data.hard_negatives or "none",
             instruction=data.instruction or DEFAULT_INSTRUCTION,
         )
         return ReadResult(records, [], "default")
     result = read_records(data.path, skip_bad=data.skip_bad, instruction=data.instruction)
-    records = add_hard_negatives(record_subset(result.records, data.n_pairs, seed), data.hard_negatives or "none", seed)
+    records = add_hard_negatives(
+        record_subset(result.records, data.n_pairs, seed),
+        "none" if data.hard_negatives in (None, "auto") else data.hard_negatives,
+        seed,
+    )
     return ReadResult(records, result.skipped, result.source)
 
 
@@ -514,28 +524,107 @@ def chunk_overhead(device: torch.device) -> float:
 
 
 class Distributed:
-    """This process's place among the training processes (accelerate's ``PartialState``)."""
+    """This process's place among the training processes and accelerate's engine (DDP, FSDP or DeepSpeed).
 
-    def __init__(self) -> None:
-        from accelerate import PartialState
+    Each process back-propagates the global loss through its own rows only, so the true gradient is the *sum* of
+    the processes' gradients; the engines average, so :meth:`backward` scales by the number of processes. A step's
+    backward passes run under :meth:`no_sync` except the last, which synchronises the gradients once.
+    """
 
-        # cpu=True on a machine without CUDA, so that processes started by torchrun use gloo over the CPU
-        self.state = PartialState(cpu=not torch.cuda.is_available())
-        self.rank = self.state.process_index
-        self.world = self.state.num_processes
-        self.device = self.state.device
-        self.is_main = self.state.is_main_process
-        kind = str(self.state.distributed_type).rsplit(".", 1)[-1]
-        if kind in ("DEEPSPEED", "FSDP", "MEGATRON_LM") and self.is_main:
-            log.warning(
-                "the accelerate %s config is not applied: the trainer all-reduces gradients itself, so the "
-                "processes run as plain data-parallel workers",
-                kind,
+    def __init__(self, mixed_precision: str = "no") -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        self.accelerator = Accelerator(
+            # cpu=True without CUDA, so that processes started by torchrun use gloo over the CPU
+            cpu=not torch.cuda.is_available(),
+            # autocast and the fp16 GradScaler are the trainer's own; only DeepSpeed must know the precision
+            mixed_precision=mixed_precision if deepspeed else "no",
+            step_scheduler_with_optimizer=False,  # one scheduler step per optimiser step, whatever the processes
+            kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],  # no gradient copies
+        )
+        state = self.accelerator.state
+        self.rank, self.world = state.process_index, state.num_processes
+        self.device, self.is_main = state.device, state.is_main_process
+        self.kind = str(state.distributed_type).rsplit(".", 1)[-1]
+        self.sharded = self.kind in ("FSDP", "DEEPSPEED")
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launched not in ("no", mixed_precision) and self.is_main:
+            log.warning("accelerate's mixed_precision = %s is not used: recipe.mixed_precision decides", launched)
+
+    def prepare(self, model: EmbeddingModel, optimizer: Any, scheduler: Any, recipe: RecipeSection) -> tuple[Any, ...]:
+        """Check the engine's settings against the recipe, then wrap model, optimiser and scheduler."""
+        acc = self.accelerator
+        if self.kind in ("MEGATRON_LM", "XLA"):
+            raise ConfigError(f"accelerate's {self.kind} is not supported; use DDP, FSDP or DeepSpeed ZeRO-2")
+        if acc.gradient_accumulation_steps != 1:
+            raise ConfigError(
+                f"accelerate's gradient_accumulation_steps = {acc.gradient_accumulation_steps}: a step already "
+                "accumulates over its GradCache chunks (recipe.mini_batch); set it to 1 and raise recipe.batch_size"
             )
+        if self.kind == "DEEPSPEED":
+            from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
+
+            if "sync_gradients" not in inspect.signature(DeepSpeedEngineWrapper.backward).parameters:
+                raise ConfigError(
+                    "DeepSpeed needs accelerate >= 1.8 here (a GradCache step runs several backward passes per "
+                    "optimiser step); upgrade accelerate or use configs/accelerate/ddp.yaml"
+                )
+            if acc.state.mixed_precision != recipe.mixed_precision:
+                raise ConfigError(
+                    f"the DeepSpeed config sets mixed precision {acc.state.mixed_precision!r} but "
+                    f"recipe.mixed_precision = {recipe.mixed_precision!r}; set fp16/bf16 'enabled' to 'auto'"
+                )
+            configure_deepspeed(
+                acc.state.deepspeed_plugin.deepspeed_config,
+                recipe,
+                per_process=recipe.batch_size // self.world,
+                hidden_size=model.backbone.config.hidden_size,
+            )
+        if self.kind == "FSDP":
+            plugin = acc.state.fsdp_plugin
+            check_fsdp(model, recipe, version=2 if acc.is_fsdp2 else 1, use_orig_params=bool(plugin.use_orig_params))
+        return acc.prepare(model, optimizer, scheduler)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate this process's part of the global loss (scaled by the processes, which the engine
+        averages over)."""
+        self.accelerator.backward(loss * self.world if self.world > 1 else loss)
+
+    @contextmanager
+    def no_sync(self, module: nn.Module, enabled: bool = True) -> Iterator[None]:
+        """Backward passes inside keep their gradients local (DDP/FSDP ``no_sync``; for DeepSpeed, no step
+        boundary); the step's last backward, outside, synchronises them. DDP decides at the forward pass."""
+        if not enabled or self.kind == "NO":
+            yield
+            return
+        with self.accelerator.no_sync(module):
+            self.accelerator.sync_gradients = False
+            try:
+                yield
+            finally:
+                self.accelerator.sync_gradients = True
+
+    def clip_grad_norm(self, module: nn.Module, params: Sequence[nn.Parameter], max_norm: float) -> float | None:
+        """Clip the synchronised gradients; the total norm before clipping (DeepSpeed clipped them in its step and
+        reports the norm, or None)."""
+        if self.kind == "FSDP":  # sharded gradients: FSDP computes the norm over every shard
+            params = list(module.parameters())
+        norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        return None if norm is None else float(norm)
+
+    def save_engine(self, folder: Path) -> None:
+        """The engine's sharded state (FSDP, DeepSpeed) via accelerate; every process takes part."""
+        frozen = {"exclude_frozen_parameters": True} if self.kind == "DEEPSPEED" else {}
+        self.accelerator.save_state(str(folder), **frozen)
+
+    def load_engine(self, folder: Path) -> None:
+        self.accelerator.load_state(str(folder), **({"load_module_strict": False} if self.kind == "DEEPSPEED" else {}))
 
     def barrier(self) -> None:
         if self.world > 1:
-            self.state.wait_for_everyone()
+            self.accelerator.wait_for_everyone()
 
     def gather(self, local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         """Every process's rows in rank order; this process's own rows keep their autograd graph."""
@@ -551,26 +640,6 @@ class Distributed:
         rows[self.rank] = local
         return torch.cat(rows)
 
-    def sum_gradients(self, params: Sequence[nn.Parameter], bucket: int = 1 << 26) -> None:
-        """Sum the gradients over processes (each holds its slice's part of the global loss's gradient)."""
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad for p in params]
-        start = 0
-        while start < len(grads):
-            stop, size = start, 0
-            while stop < len(grads) and (stop == start or size + grads[stop].numel() <= bucket):
-                size += grads[stop].numel()
-                stop += 1
-            flat = _flatten_dense_tensors(grads[start:stop])
-            dist.all_reduce(flat)
-            for grad, reduced in zip(grads[start:stop], _unflatten_dense_tensors(flat, grads[start:stop]), strict=True):
-                grad.copy_(reduced)
-            start = stop
-
     def reduce_max(self, value: float) -> float:
         if self.world == 1:
             return value
@@ -581,11 +650,64 @@ class Distributed:
         return float(tensor.item())
 
 
+def configure_deepspeed(ds: dict[str, Any], recipe: RecipeSection, *, per_process: int, hidden_size: int) -> None:
+    """Fill a DeepSpeed config from the recipe, or raise a :class:`ConfigError` on a setting that conflicts.
+
+    ZeRO-3 is refused (the trainer needs whole weights on every process); the step boundary is the trainer's (the
+    last GradCache chunk), so DeepSpeed's own accumulation stays 1; clipping is ``recipe.max_grad_norm``.
+    """
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise ConfigError(
+            f"DeepSpeed ZeRO-{stage} partitions the weights, which the trainer needs whole on every process; use "
+            "ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or FSDP (configs/accelerate/fsdp.yaml)"
+        )
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(
+                f"remove '{key}' from the DeepSpeed config: the trainer builds AdamW and its schedule from [recipe]"
+            )
+    wanted = {
+        "gradient_accumulation_steps": (1, "a step accumulates over its GradCache chunks (recipe.mini_batch)"),
+        "gradient_clipping": (recipe.max_grad_norm or 0.0, "recipe.max_grad_norm sets it"),
+        "train_micro_batch_size_per_gpu": (per_process, "recipe.batch_size / processes sets it"),
+    }
+    for key, (value, why) in wanted.items():
+        if ds.get(key, "auto") not in ("auto", value):
+            raise ConfigError(f"DeepSpeed config {key} = {ds[key]!r} but {why}: {value}; set it to 'auto'")
+        ds[key] = value
+    zero, h = ds.setdefault("zero_optimization", {}), hidden_size  # accelerate would look for model.config.hidden_size
+    sizes = {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h)}
+    for key, value in {**sizes, "stage3_param_persistence_threshold": 10 * h}.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+
+
+def check_fsdp(model: EmbeddingModel, recipe: RecipeSection, *, version: int, use_orig_params: bool) -> None:
+    """Raise a :class:`ConfigError` for FSDP settings that cannot train this model correctly."""
+    if recipe.mixed_precision == "fp16":
+        raise ConfigError("recipe.mixed_precision = 'fp16' is not supported with FSDP; use 'bf16'")
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    if len(dtypes) > 1:
+        raise ConfigError(
+            f"FSDP shards parameters of one dtype, the model has {dtypes}: set model.dtype = 'float32' "
+            "(recipe.mixed_precision = 'bf16' still computes in bf16)"
+        )
+    frozen = any(not p.requires_grad for p in model.parameters())
+    if version == 1 and frozen and not use_orig_params:
+        raise ConfigError(
+            "FSDP (version 1) with frozen weights (LoRA, a frozen backbone) needs fsdp_use_orig_params: true "
+            "in the accelerate config (or fsdp_version: 2)"
+        )
+
+
 class ContrastiveStep:
     """Computes one step's loss and accumulates the gradients of the trainable parameters.
 
     ``grad_cache=True`` is GradCache; ``False`` keeps every chunk's graph (the plain step). Both embed the same
     chunks in the same order and consume the same random numbers, so their gradients agree to float precision.
+    ``model`` tokenises and collates; ``module`` (default: ``model``) runs the forward passes: the model as the
+    engine wrapped it (DDP, FSDP, DeepSpeed). ``backward`` defaults to :meth:`Distributed.backward`.
     """
 
     def __init__(
@@ -595,11 +717,13 @@ class ContrastiveStep:
         recipe: RecipeSection,
         *,
         grad_cache: bool,
-        backward: Callable[[torch.Tensor], None] = lambda t: t.backward(),
+        backward: Callable[[torch.Tensor], None] | None = None,
+        module: nn.Module | None = None,
     ) -> None:
         self.model, self.dist, self.recipe = model, dist, recipe
+        self.module = module if module is not None else model
         self.grad_cache = grad_cache
-        self.backward = backward
+        self.backward = backward or dist.backward
         dtype = MIXED_PRECISION[recipe.mixed_precision]
         device_type = dist.device.type
         self.autocast: Callable[[], Any] = (
@@ -608,7 +732,7 @@ class ContrastiveStep:
 
     def embed(self, items: Sequence[Tokenized]) -> torch.Tensor:
         with self.autocast():
-            return self.model(self.model.collate(items)).float()
+            return self.module(self.model.collate(items)).float()
 
     def __call__(self, shards: Sequence[Sequence[TrainRecord]]) -> torch.Tensor:
         """Loss of the global batch (``shards[r]`` = process r's records); gradients accumulate in ``.grad``."""
@@ -617,11 +741,18 @@ class ContrastiveStep:
         chunks = plan_chunks(
             items, self.recipe.mini_batch, self.recipe.forward_tokens, chunk_overhead(self.dist.device)
         )
+        if self.dist.sharded:  # FSDP gathers weights in every forward, ZeRO-2 reduces in every backward
+            chunks = split_to(chunks, int(self.dist.reduce_max(len(chunks))))
         order = torch.tensor([i for chunk in chunks for i in chunk])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
+        last = len(chunks) - 1
         if not self.grad_cache:
-            local = torch.cat([self.embed([items[i] for i in chunk]) for chunk in chunks])[inverse.to(self.dist.device)]
+            parts = []
+            for k, chunk in enumerate(chunks):  # DDP arms the synchronising backward at the last forward
+                with self.dist.no_sync(self.module, k < last):
+                    parts.append(self.embed([items[i] for i in chunk]))
+            local = torch.cat(parts)[inverse.to(self.dist.device)]
             loss = self.loss(self.dist.gather(local, layout.sizes), layout)
             self.backward(loss)
             return loss.detach()
@@ -637,10 +768,11 @@ class ContrastiveStep:
         offset = sum(layout.sizes[: self.dist.rank])
         cached = gathered.grad[offset : offset + local.shape[0]][order.to(self.dist.device)]
         start = 0
-        for chunk, state in zip(chunks, states, strict=True):
-            with state.replay():
-                emb = self.embed([items[i] for i in chunk])
-            self.backward((emb * cached[start : start + len(chunk)]).sum())
+        for k, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
+            with self.dist.no_sync(self.module, k < last):  # gradients are synchronised once, at the last chunk
+                with state.replay():
+                    emb = self.embed([items[i] for i in chunk])
+                self.backward((emb * cached[start : start + len(chunk)]).sum())
             start += len(chunk)
         return loss.detach()
 
@@ -658,6 +790,21 @@ class ContrastiveStep:
         if not torch.isfinite(loss.detach()):
             raise NonFiniteLoss(loss.item())
         return loss
+
+
+def split_to(chunks: list[list[int]], n: int) -> list[list[int]]:
+    """``chunks`` with the largest halved until there are ``n``, so that every process runs as many passes."""
+    chunks = list(chunks)
+    while len(chunks) < n:
+        i = max(range(len(chunks)), key=lambda j: len(chunks[j]))
+        if len(chunks[i]) == 1:
+            raise ConfigError(
+                f"this process has {len(chunks)} texts but another has {n} forward chunks, and FSDP / DeepSpeed "
+                "ZeRO-2 need as many on every process: raise recipe.mini_batch"
+            )
+        half = len(chunks[i]) // 2
+        chunks[i : i + 1] = [chunks[i][:half], chunks[i][half:]]
+    return chunks
 
 
 class NonFiniteLoss(Exception):
@@ -839,7 +986,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config, self.recipe = config, config.recipe
-        self.dist = Distributed()
+        self.dist = Distributed(self.recipe.mixed_precision)
         self.progress = progress and self.dist.is_main
         self.out = Path(config.output.dir)
         self.ckpt_dir = self.out / CHECKPOINT_DIR
@@ -855,22 +1002,28 @@ class Trainer:
         self.total_steps = self.recipe.steps or (self.recipe.epochs or 1) * self.order.steps_per_epoch
         self.model = build_model(config).to(self.dist.device).train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.recipe), lr=self.recipe.lr)
+        self.trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
         from transformers import get_scheduler
 
-        self.scheduler = get_scheduler(
+        optimizer = torch.optim.AdamW(param_groups(self.model, self.recipe), lr=self.recipe.lr)
+        scheduler = get_scheduler(
             self.recipe.scheduler,
-            self.optimizer,
+            optimizer,
             num_warmup_steps=self.recipe.warmup_steps,
             num_training_steps=self.total_steps,
         )
-        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.recipe.mixed_precision == "fp16")
+        # the engine's wrappers: `wrapped` runs the forward passes; helpers and saving use the model itself
+        self.wrapped, self.optimizer, self.scheduler = self.dist.prepare(self.model, optimizer, scheduler, self.recipe)
+        self.model = self.dist.accelerator.unwrap_model(self.wrapped)
+        fp16 = self.recipe.mixed_precision == "fp16" and self.dist.kind != "DEEPSPEED"  # DeepSpeed scales itself
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=fp16)
         self.step_fn = ContrastiveStep(
             self.model,
             self.dist,
             self.recipe,
             grad_cache=self.recipe.mini_batch is not None,
-            backward=lambda t: self.scaler.scale(t).backward(),
+            backward=lambda t: self.dist.backward(self.scaler.scale(t)),
+            module=self.wrapped,
         )
         self.fingerprint = fingerprint(self.records)
         self.step = 0
@@ -904,7 +1057,8 @@ class Trainer:
                     self.log_offset = log_file.tell()
                     if writer is not None:
                         for key in ("loss", "lr", "grad_norm", "examples_per_second"):
-                            writer.add_scalar(f"train/{key}", record[key], self.step)
+                            if record[key] is not None:
+                                writer.add_scalar(f"train/{key}", record[key], self.step)
                 display.update(record)
                 every = self.config.output.checkpoint_every
                 if every and (self.step % every == 0 or self.step == self.total_steps):
@@ -941,16 +1095,16 @@ class Trainer:
             loss = float(self.step_fn(shards))
         except NonFiniteLoss as err:
             self.diverged(f"loss is {err.value}")
-        for param in self.params:
-            if param.grad is None:  # a parameter the step did not reach still takes part in the reduction
-                param.grad = torch.zeros_like(param)
-        self.dist.sum_gradients(self.params)
+        if not self.dist.sharded:
+            for param in self.params:
+                if param.grad is None:  # an unreached parameter still steps (weight decay, moments), as in one process
+                    param.grad = torch.zeros_like(param)
         self.scaler.unscale_(self.optimizer)
         max_norm = self.recipe.max_grad_norm if self.recipe.max_grad_norm is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+        grad_norm = self.dist.clip_grad_norm(self.wrapped, self.params, max_norm)
+        if grad_norm is not None and not math.isfinite(grad_norm) and self.recipe.mixed_precision != "fp16":
             self.diverged(f"the gradient norm is {grad_norm} (loss {loss:.6g})")
-        lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        lrs = {group.get("name", "backbone"): group["lr"] for group in self.optimizer.param_groups}
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -974,8 +1128,9 @@ class Trainer:
     def diverged(self, what: str) -> None:
         found = checkpoints(self.ckpt_dir)
         last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written"
+        applied = "DeepSpeed has run that step" if self.dist.kind == "DEEPSPEED" else "that step was not applied"
         raise TrainingDiverged(
-            f"training diverged at step {self.step + 1}: {what}; that step was not applied and {last} "
+            f"training diverged at step {self.step + 1}: {what}; {applied} and {last} "
             f"(lower recipe.lr or enable recipe.max_grad_norm)"
         )
 
@@ -999,10 +1154,13 @@ class Trainer:
             tmp.mkdir(parents=True)
         self.dist.barrier()
         torch.save(rng_state(self.dist.device), tmp / f"rng-{self.dist.rank}.pt")
+        if self.dist.sharded:  # weights or optimiser state are spread over the processes: the engine saves them
+            self.dist.save_engine(tmp / ENGINE_DIR)
         self.dist.barrier()
         if self.dist.is_main:
-            save_file(trainable_state(self.model), tmp / "trainable.safetensors")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            if not self.dist.sharded:
+                save_file(trainable_state(self.model), tmp / "trainable.safetensors")
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(self.scaler.state_dict(), tmp / "scaler.pt")
             position = self.order.position(self.step)
@@ -1041,12 +1199,16 @@ class Trainer:
                     f"{path} was written with a different {what} ({saved} != {now}); "
                     f"use another output.dir or set output.resume = false"
                 )
-        missing = self.model.load_state_dict(load_file(path / "trainable.safetensors", device="cpu"), strict=False)
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if trainable & set(missing.missing_keys):
-            raise ConfigError(f"{path} lacks trainable weights {sorted(trainable & set(missing.missing_keys))[:3]}")
         load = dict(map_location=self.dist.device, weights_only=True)
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", **load))
+        if self.dist.sharded:
+            self.dist.load_engine(path / ENGINE_DIR)
+        else:
+            missing = self.trainable & set(
+                self.model.load_state_dict(load_file(path / "trainable.safetensors", device="cpu"), strict=False)[0]
+            )
+            if missing:
+                raise ConfigError(f"{path} lacks trainable weights {sorted(missing)[:3]}")
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", **load))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", **load))
         self.scaler.load_state_dict(torch.load(path / "scaler.pt", **load))
         set_rng_state(torch.load(path / f"rng-{self.dist.rank}.pt", weights_only=True), self.dist.device)
@@ -1058,8 +1220,17 @@ class Trainer:
     # ------------------------------------------------------------------ the result
     def finish(self, result: TrainResult) -> None:
         """Save the model folder (adapter + head + config, or merged weights) and the summary."""
+        model = self.model
+        if self.dist.kind == "FSDP":  # sharded weights: gather the trained ones into a fresh copy on the main process
+            full = self.dist.accelerator.get_state_dict(self.wrapped)
+            if self.dist.is_main:
+                if self.trainable - set(full):
+                    raise RuntimeError(
+                        f"FSDP's state dict lacks trained weights {sorted(self.trainable - set(full))[:3]}"
+                    )
+                model = build_model(self.config)
+                model.load_state_dict({k: v for k, v in full.items() if k in self.trainable}, strict=False)
         if self.dist.is_main:
-            model = self.model
             if self.config.output.merge and model.has_adapter:
                 model.merge_adapter()
                 model.backbone_trained = True

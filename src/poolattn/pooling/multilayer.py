@@ -3,8 +3,13 @@ attention, the masked mean under bidirectional — plus a learned additive layer
 head over those layer tokens. The model collects each layer's vector as the layer runs (no layer's token states
 are kept); the last layer's vector comes from the final-normed output, as in ``output_hidden_states``.
 
-Options: ``layers`` (1-based indices, negatives count from the end; default all 1..L), ``layer_pooling``
-(``auto`` | ``last`` | ``mean``), plus the head sizes.
+Options: ``layers`` (1-based indices, negatives count from the end; default all 1..L); ``layer_pooling``
+(``auto`` | ``last`` | ``mean`` | ``mean_no_sink``; ``auto`` is ``last`` under causal attention and
+``mean_no_sink`` under bidirectional: the masked mean without the first token, the attention sink whose massive
+activations otherwise swamp every text's mean); ``layer_norm`` (``rms``: scale each layer's vector to unit RMS
+before the layer embedding is added, so the residual stream's growth from layer to layer does not drown the
+layer embedding; ``none``); plus the head sizes. The paper's exact design is ``layer_pooling="mean"`` (under
+bidirectional attention) and ``layer_norm="none"``; on SmolLM2 it collapses every text onto nearly one vector.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from .base import PoolInput
 from .perceiver import PerceiverPooler
 from .registry import register
 
-LAYER_POOLING = ("auto", "last", "mean")
+LAYER_POOLING = ("auto", "last", "mean", "mean_no_sink")
+LAYER_NORMS = ("rms", "none")
 
 
 @register
@@ -31,21 +37,30 @@ class MultiLayerPooler(PerceiverPooler):
         reduction = options.pop("layer_pooling", "auto")
         if reduction not in LAYER_POOLING:
             raise ValueError(f"multilayer option 'layer_pooling' must be one of {LAYER_POOLING}, got {reduction!r}")
+        layer_norm = options.pop("layer_norm", "rms")
+        if layer_norm not in LAYER_NORMS:
+            raise ValueError(f"multilayer option 'layer_norm' must be one of {LAYER_NORMS}, got {layer_norm!r}")
         super().__init__(hidden_size, num_layers, attention, **options)
         self.layers = normalise_layers(layers, num_layers)
         self.reduction = reduction
+        self.layer_norm = layer_norm
         self.layer_embedding = nn.Parameter(torch.randn(len(self.layers), hidden_size))
 
     def selected_layers(self) -> list[int]:
         return self.layers
 
     def layer_reduction(self) -> str:
-        return super().layer_reduction() if self.reduction == "auto" else self.reduction
+        if self.reduction != "auto":
+            return self.reduction
+        return "last" if self.attention == "causal" else "mean_no_sink"
 
     def forward(self, inputs: PoolInput) -> torch.Tensor:
         if inputs.layer_vectors is None:
             raise RuntimeError("multilayer pooling needs the per-layer vectors collected during the forward pass")
-        states = inputs.layer_vectors.to(self.layer_embedding.dtype) + self.layer_embedding
+        states = inputs.layer_vectors.to(self.layer_embedding.dtype)
+        if self.layer_norm == "rms":
+            states = states * torch.rsqrt(states.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        states = states + self.layer_embedding
         mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
         return self.attend(states, mask)
 
