@@ -136,7 +136,9 @@ def encode(
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens (EOS kept)")] = None,
     field: Annotated[str, typer.Option(help="the text field of .jsonl input")] = "text",
-    batch_tokens: Annotated[int, typer.Option(help="padded tokens per batch")] = 16384,
+    batch_tokens: Annotated[
+        int | None, typer.Option(help="padded tokens per batch (default: 512 on a CPU, 16384 on a GPU)")
+    ] = None,
 ) -> None:
     """Embed texts into an .npy file (L2-normalised float32, one row per input line)."""
     try:
