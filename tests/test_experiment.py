@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poolattn import EmbeddingModel, experiment
+from poolattn import EmbeddingModel, backbone, experiment
 from poolattn.evaluate import offline
 from poolattn.evaluate.offline import ClassificationData, ClusteringData, PairData, RetrievalData, STSData, Task
 
@@ -226,7 +226,7 @@ def test_overrides(study_file: Path, fake_suite) -> None:
 
 def test_precision_auto_follows_the_hardware(study_file: Path, fake_suite, monkeypatch: pytest.MonkeyPatch) -> None:
     for native, expected in ((True, ("bf16", "bf16")), (False, ("fp32", "no"))):
-        monkeypatch.setattr(experiment, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(backbone, "native_bf16", lambda native=native: native)
         study = experiment.load_study(study_file, ["eval.precision=auto", "train.mixed_precision=auto"])
         assert (study.eval.precision, study.train["mixed_precision"]) == expected
     study = experiment.load_study(study_file, ["eval.precision=fp32", "train.mixed_precision=no"])

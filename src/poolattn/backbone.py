@@ -186,3 +186,17 @@ def run_backbone(
             use_cache=False,
         )
     return out.last_hidden_state
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bfloat16 natively: a CUDA device that supports it, or a CPU with AVX512-BF16
+    or AMX-BF16 (elsewhere bfloat16 is emulated and slower than float32)."""
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+        ).split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

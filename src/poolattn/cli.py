@@ -45,6 +45,17 @@ def resolve_backbone(spec: str) -> str:
     return spec
 
 
+DTYPE_HELP = "float32 | bfloat16 | float16 (default: bfloat16 where the hardware has it natively, else float32)"
+
+
+def default_dtype() -> str:
+    """bfloat16 where the machine computes it natively (about 2x float32's speed on an AVX512-BF16 CPU, cosine to
+    the float32 embeddings >= 0.998), else float32."""
+    from .backbone import native_bf16
+
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def open_model(
     spec: str,
     *,
@@ -70,7 +81,7 @@ def open_model(
         resolve_backbone(spec),
         attention=attention or "causal",
         pooling=pooling or "eos",
-        dtype=dtype or "float32",
+        dtype=dtype or default_dtype(),
         pool_instruction=pool_instruction,
         **extra,
     )
@@ -133,7 +144,7 @@ def encode(
         str | None, typer.Option(help="eos | mean | weighted_mean | latent | trainable | multilayer")
     ] = None,
     instruction: Annotated[str | None, typer.Option(help="task instruction prepended to every text")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens (EOS kept)")] = None,
     field: Annotated[str, typer.Option(help="the text field of .jsonl input")] = "text",
     batch_tokens: Annotated[
@@ -203,7 +214,7 @@ def evaluate(
     format: Annotated[str, typer.Option(help="poolattn | sentence-transformers")] = "poolattn",
     attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
     pooling: Annotated[str | None, typer.Option(help="pooling design (backbones only)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens")] = None,
 ) -> None:
     """Score a model on the offline suite (real shipped data, MTEB metrics) or on the real MTEB."""

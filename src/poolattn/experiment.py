@@ -648,26 +648,12 @@ def shares_layer_pass(study: Study, design: Design) -> bool:
 
 
 # ========================================================================================= environment
-def native_bf16() -> bool:
-    """Whether this machine computes bfloat16 natively: a CUDA device that supports it, or a CPU with AVX512-BF16
-    or AMX-BF16 (elsewhere bfloat16 is emulated and slower than float32)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = next(
-            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
-        ).split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(value: str, bf16: str, other: str) -> str:
     """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``other``; explicit values pass through."""
     if value != "auto":
         return value
+    from .backbone import native_bf16
+
     return bf16 if native_bf16() else other
 
 
