@@ -33,10 +33,18 @@ def test_encode_txt_and_jsonl(tiny_llama, tmp_path):
     for name in ("t.txt", "t.jsonl"):
         out = tmp_path / f"{name}.npy"
         args = ["encode", str(tiny_llama), "--input", str(tmp_path / name), "--output", str(out)]
-        result = runner.invoke(app, [*args, "--attention", "bidirectional", "--pooling", "mean"])
+        result = runner.invoke(app, [*args, "--attention", "bidirectional", "--pooling", "mean", "--dtype", "float32"])
         assert result.exit_code == 0, result.output
         expected = EmbeddingModel.from_backbone(tiny_llama, attention="bidirectional", pooling="mean").encode(texts)
         np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-6)
+
+
+def test_default_dtype_follows_the_hardware(monkeypatch):
+    from poolattn import backbone, cli
+
+    for native, dtype in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(backbone, "native_bf16", lambda native=native: native)
+        assert cli.default_dtype() == dtype
 
 
 def test_encode_saved_model_folder(tiny_llama, tmp_path):
