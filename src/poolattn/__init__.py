@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
-
-# Idle OpenMP workers sleep instead of spinning: spinning threads slow every other process on a busy machine
-# (5-20x on 2 cores when two jobs overlap). Only effective when poolattn is imported before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["EmbeddingConfig", "EmbeddingModel", "__version__"]
