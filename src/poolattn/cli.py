@@ -189,7 +189,10 @@ def train(
         result = run_training(cfg)
     except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
         fail(str(err))
-    console.print(f"model written to {result.model_dir} ({result.steps} steps, {result.wall_seconds:.0f} s)")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one line per run, not one per process
+        console.print(f"model written to {result.model_dir} ({result.steps} steps, {result.wall_seconds:.0f} s)")
 
 
 @app.command(

@@ -78,8 +78,9 @@ ENGINE_DIR = "engine"  # in a checkpoint: FSDP's or DeepSpeed's own state (accel
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-#: Fixed cost of one forward pass, in padded tokens, by device type (see :func:`plan_chunks`).
-CHUNK_OVERHEAD_TOKENS = {"cpu": 16.0, "default": 512.0}
+#: Fixed cost of one forward + backward pass, in padded tokens, by device type (see :func:`plan_chunks`). CPU:
+#: measured on SmolLM2-135M with LoRA, 16 pairs a step: 128 makes a step 1.5x faster than 16 (fewer chunks).
+CHUNK_OVERHEAD_TOKENS = {"cpu": 128.0, "default": 512.0}
 
 
 class ConfigError(ValueError):
