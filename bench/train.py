@@ -1,8 +1,9 @@
 """Training throughput and memory: poolattn vs sentence-transformers, side by side in one run.
 
-Same model (the packaged SmolLM2-135M, float32), same LoRA (r 16, alpha 32, dropout 0.1, all linear layers), same
-global batch, maximum length, learning rate, data (default movie-dialogue pairs with one random hard negative,
-the instruction on the query side) and loss (InfoNCE with scale 20 over in-batch positives and hard negatives).
+Same model (the packaged SmolLM2-135M, float32 weights; ``--bf16``: bfloat16 autocast in both trainers), same
+LoRA (r 16, alpha 32, dropout 0.1, all linear layers), same global batch, maximum length, learning rate, data
+(default movie-dialogue pairs with one random hard negative, the instruction on the query side) and loss (InfoNCE
+with scale 20 over in-batch positives and hard negatives).
 sentence-transformers runs ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` over
 ``Transformer`` (plain text modality, no chat template) + ``Pooling("mean")`` (causal attention), so poolattn
 runs mean pooling with causal attention for the like-for-like ratio; the default design (bidirectional,
@@ -13,7 +14,7 @@ after the first (warm-up); a step is timed end to end (tokenisation, forward, ba
 the resident set (RSS) of the process: its high-water mark (``VmHWM``, reset when training starts) minus the
 RSS at that moment, i.e. what training adds on top of the loaded model.
 
-    python bench/train.py [--steps 6] [--batch-size 16] [--max-length 64] [--threads N]
+    python bench/train.py [--steps 6] [--batch-size 16] [--max-length 64] [--threads N] [--bf16]
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def run_poolattn(args: argparse.Namespace, design: str) -> dict[str, Any]:
                 "lora.r=16",
                 "lora.alpha=32",
                 "lora.dropout=0.1",
+                f"recipe.mixed_precision={'bf16' if args.bf16 else 'no'}",
                 f"output.dir={out}",
                 "output.resume=false",
             ],
@@ -146,6 +148,7 @@ def run_sentence_transformers(args: argparse.Namespace) -> dict[str, Any]:
             report_to=[],
             seed=0,
             use_cpu=True,
+            bf16=args.bf16,
             dataloader_drop_last=True,
             prompts={"anchor": INSTRUCTION_TEMPLATE.format(instruction=instruction)},
         )
@@ -205,6 +208,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both trainers (default: float32)")
     parser.add_argument("--worker", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -217,7 +221,8 @@ def main() -> None:
 
     print(
         f"torch threads: {args.threads or torch.get_num_threads()}, batch {args.batch_size}, "
-        f"max_length {args.max_length}, {args.steps} steps (first one not timed)"
+        f"max_length {args.max_length}, {args.steps} steps (first one not timed), "
+        f"{'bfloat16 autocast' if args.bf16 else 'float32'}"
     )
     pad = padding_report(args)
     print(
