@@ -136,7 +136,7 @@ def save_npy(path: Path, array) -> None:
         "    poolattn encode default --input texts.txt --output vecs.npy\n\n"
         "    poolattn encode Qwen/Qwen2-0.5B --attention bidirectional --pooling mean \\\n"
         "        --input queries.jsonl --instruction 'Retrieve relevant passages' --dtype bfloat16 --output q.npy\n\n"
-        "    poolattn encode runs/default/models/M5 --input texts.txt --output vecs.npy"
+        "    poolattn encode runs/default/cells/M5-s0/train/model --input texts.txt --output vecs.npy"
     )
 )
 def encode(
@@ -208,7 +208,7 @@ def train(
     epilog=(
         "**Examples**\n\n"
         "    poolattn eval default --suite offline --output runs/eval/smollm2\n\n"
-        "    poolattn eval runs/default/models/M5 --suite offline --profile quick --output runs/eval/m5\n\n"
+        "    poolattn eval runs/default/cells/M5-s0/train/model --profile quick --output runs/eval/m5\n\n"
         "    poolattn eval minilm --format sentence-transformers --output runs/eval/minilm\n\n"
         "    poolattn eval intfloat/e5-mistral-7b-instruct --suite mteb --tasks STSBenchmark,SciFact --output runs/mteb"
     ),
@@ -339,7 +339,7 @@ def assets(
 
 @app.command(
     name="export",
-    epilog="**Example**\n\n    poolattn export runs/default/models/M5 --output st-model\n\n"
+    epilog="**Example**\n\n    poolattn export runs/default/cells/M5-s0/train/model --output st-model\n\n"
     '    python -c "from sentence_transformers import SentenceTransformer as S; '
     "S('st-model', trust_remote_code=True)\"",
 )
