@@ -157,6 +157,7 @@ def encode(
     ] = None,
 ) -> None:
     """Embed texts into an .npy file (L2-normalised float32, one row per input line)."""
+    check_precision(precision)
     try:
         texts = read_texts(input, field)
     except InputError as err:
@@ -169,7 +170,7 @@ def encode(
         fail(str(err))
     from .backbone import autocast_precision
 
-    with autocast_precision(check_precision(precision), m.device):
+    with autocast_precision(precision, m.device):
         vecs = m.encode(texts, instruction=instruction, batch_tokens=batch_tokens, show_progress=True)
     save_npy(output, vecs)
     console.print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {output}")
@@ -233,27 +234,27 @@ def evaluate(
     from .evaluate import offline
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    if suite not in ("offline", "mteb"):
+        fail(f"unknown --suite {suite!r}; choose offline or mteb")
+    check_precision(precision)
     if format == "sentence-transformers":
         from . import assets
 
         path = str(assets.peer_path("minilm")) if model == "minilm" else model
         encoder = offline.SentenceTransformerEncoder(path)
         model_id, config_hash = Path(path).name, None
+        device, precision = "cpu", "fp32"  # peers are scored as published: float32
     elif format == "poolattn":
         try:
             encoder = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length)
         except (ValueError, OSError) as err:
             fail(str(err))
-        model_id, config_hash = encoder.name, encoder.config_hash()
+        model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
     else:
         fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
-    if suite not in ("offline", "mteb"):
-        fail(f"unknown --suite {suite!r}; choose offline or mteb")
     from .backbone import autocast_precision
 
-    check_precision(precision)
-    device = encoder.device if format == "poolattn" else "cpu"
-    with autocast_precision(precision if format == "poolattn" else "fp32", device):
+    with autocast_precision(precision, device):
         if suite == "offline":
             results = offline.run_suite(
                 encoder, output, tasks=task_list, profile=profile, model_id=model_id, config_hash=config_hash

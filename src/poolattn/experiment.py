@@ -54,7 +54,6 @@ EVENTS_FILE = "events.jsonl"
 LAYERS_FILE = "layers.json"
 ATTENTIONS = ("causal", "bidirectional")
 SUITES = ("offline", "mteb")
-PRECISIONS = ("auto", "bf16", "fp32")
 #: A design that pools like this (untrained, no options) equals one layer of the layer-wise analysis.
 LAYER_REDUCTION_OF_POOLING = {"eos": "last", "mean": "mean"}
 #: Tasks the layer-wise analysis scores when neither it nor an offline evaluation names any: every category but
@@ -433,6 +432,7 @@ class ConfigReader:
         return designs
 
     def check_eval(self, evaluation: EvalSection, layers: LayersSection, stats: StatsSection) -> None:
+        from .backbone import PRECISIONS
         from .evaluate import offline
 
         choices = {
