@@ -661,6 +661,14 @@ def test_config_from_toml_with_overrides(tmp_path):
     assert load_train_config(path, ["output.dir=elsewhere"]).hash() == load_train_config(path).hash()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_follows_the_hardware(monkeypatch, native):
+    monkeypatch.setattr("poolattn.backbone.native_bf16", lambda: native)
+    config = load_train_config(None, ["recipe.mixed_precision=auto"])
+    assert config.recipe.mixed_precision == ("bf16" if native else "no")
+    assert config.hash() == load_train_config(None, [f"recipe.mixed_precision={'bf16' if native else 'no'}"]).hash()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

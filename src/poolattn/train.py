@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .backbone import resolve_precision
 from .data import (
     DEFAULT_INSTRUCTION,
     DataOrder,
@@ -180,6 +181,8 @@ class TrainConfig:
     output: OutputSection = field(default_factory=OutputSection)
 
     def __post_init__(self) -> None:
+        if self.recipe.mixed_precision == "auto":  # bf16 autocast where this machine computes bfloat16 natively
+            self.recipe.mixed_precision = resolve_precision("auto", "bf16", "no")
         check_config(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +222,7 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("give recipe.steps or recipe.epochs, not both")
     choices = {
         "recipe.finetune": (recipe.finetune, tuple(FINETUNE_MODES)),
-        "recipe.mixed_precision": (recipe.mixed_precision, tuple(MIXED_PRECISION)),
+        "recipe.mixed_precision": (recipe.mixed_precision, ("auto", *MIXED_PRECISION)),
         "recipe.scheduler": (recipe.scheduler, SCHEDULERS),
         "data.hard_negatives": (config.data.hard_negatives, (None, "auto", "none", "random", "mined")),
     }
