@@ -174,7 +174,7 @@ def padding_report(args: argparse.Namespace) -> dict[str, int]:
     """Padded tokens per step: one padded batch per column (sentence-transformers) vs length-sorted chunks."""
     from poolattn import EmbeddingModel, assets
     from poolattn.data import DataOrder
-    from poolattn.train import RecipeSection, plan_chunks, tokenize_shard
+    from poolattn.train import RecipeSection, chunk_overhead, plan_chunks, tokenize_shard
 
     model = EmbeddingModel.from_backbone(assets.model_path("smollm2"), max_length=args.max_length)
     data = records(args)
@@ -188,7 +188,7 @@ def padding_report(args: argparse.Namespace) -> dict[str, int]:
             len(col) * max(len(it.ids) for it in col) for col in (items[:b], items[b : 2 * b], items[2 * b :])
         )
         recipe = RecipeSection()
-        for chunk in plan_chunks(items, recipe.mini_batch, recipe.forward_tokens):
+        for chunk in plan_chunks(items, recipe.mini_batch, recipe.forward_tokens, chunk_overhead(model.device)):
             chunked += len(chunk) * len(items[chunk[0]].ids)
     steps = min(order.steps_per_epoch, 8)
     return {"real": real // steps, "per_column": columns // steps, "length_sorted": chunked // steps}

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 from poolattn import EmbeddingModel
@@ -197,3 +198,21 @@ def test_multilayer_peak_memory_near_last_layer_poolers(tiny_factory):
 
     assert peaks["multilayer"] <= 1.2 * peaks["eos"], peaks
     assert peak_allocated_bytes(keep_all_layers) > 1.5 * peaks["eos"]  # the measure can tell the difference
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_compiled_backbone_encodes_like_the_eager_one(tiny_llama, attention):
+    texts = ["a short one", "a somewhat longer text of several more words", "x", "mid length text here"]
+    model = EmbeddingModel.from_backbone(tiny_llama, attention=attention, pooling="mean")
+    eager = model.encode(texts, batch_tokens=24)
+    keys = set(model.state_dict())
+    model.compile_backbone()
+    assert set(model.state_dict()) == keys  # the compiled module is not part of the model's state
+    counters.clear()
+    np.testing.assert_allclose(model.encode(texts, batch_tokens=24), eager, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really traced the backbone
+    np.testing.assert_allclose(model.encode(texts[::-1], batch_tokens=1000), eager[::-1], atol=1e-5)
+    batch = model.tokenize(texts[:2])
+    loss = model(batch).sum()  # gradients run the eager backbone
+    loss.backward()
+    assert any(p.grad is not None for p in model.backbone.parameters())

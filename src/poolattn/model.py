@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import __version__
 from .backbone import check_attention, decoder_layers, load_backbone, resolve_dtype, run_backbone
+from .dropout import speed_up_dropout
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class EmbeddingModel(nn.Module):
             options=dict(config.pooling_options),
         )
         self._warned_truncation = False
+        self._compiled: nn.Module | None = None  # see compile_backbone; kept out of the module tree
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -241,8 +243,10 @@ class EmbeddingModel(nn.Module):
         batch = batch.to(self.device)
         last_index = last_real_index(batch.attention_mask)
         pooled_layers = self.pooler.selected_layers()
+        compiled = self._compiled is not None and torch.is_inference_mode_enabled() and not pooled_layers
+        backbone = self._compiled if compiled else self.backbone
         with self.collect_layers(batch, last_index, pooled_layers, self.pooler.layer_reduction()) as collected:
-            hidden = run_backbone(self.backbone, batch.input_ids, batch.attention_mask, self.config.attention)
+            hidden = run_backbone(backbone, batch.input_ids, batch.attention_mask, self.config.attention)
         inputs = PoolInput(hidden, batch.attention_mask, batch.pool_mask, last_index)
         if pooled_layers:
             inputs.layer_vectors = stack_layers(collected, pooled_layers, hidden, inputs, self.pooler.layer_reduction())
@@ -351,6 +355,19 @@ class EmbeddingModel(nn.Module):
             self.train(was_training)
         return np.stack(results).astype(np.float32, copy=False)
 
+    def compile_backbone(self) -> EmbeddingModel:
+        """Encode through a ``torch.compile``d backbone (inductor, dynamic shapes, weights frozen into the graph).
+
+        For a finished model: the weights become constants of the compiled graph (later changes are not seen).
+        It serves forwards under ``torch.inference_mode`` (``encode``) with poolers that read the last layer
+        only; training, gradients and per-layer collection (``multilayer``, ``encode_layers``) run the eager
+        backbone. The first batches pay the compilation (minutes on a small CPU; inductor caches it on disk for
+        later processes), so it pays off on large inputs. Under bf16 autocast the frozen weights are cast once.
+        """
+        compiled = torch.compile(self.backbone, dynamic=True, options={"freezing": True})
+        object.__setattr__(self, "_compiled", compiled)  # not a submodule: state_dict and save stay as they were
+        return self
+
     # ------------------------------------------------------------------ adapters
     def add_lora(
         self,
@@ -359,11 +376,15 @@ class EmbeddingModel(nn.Module):
         dropout: float = 0.1,
         target_modules: str | list[str] = "all-linear",
     ) -> None:
-        """Wrap the backbone with a PEFT LoRA adapter (only the adapter and the pooler then train)."""
+        """Wrap the backbone with a PEFT LoRA adapter (only the adapter and the pooler then train). The adapters'
+        input dropout draws its CPU masks with :class:`~poolattn.dropout.FastDropout`."""
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
         self.backbone = get_peft_model(self.backbone, lora)
+        for module in self.backbone.modules():
+            if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
+                speed_up_dropout(module.lora_dropout)
 
     @property
     def has_adapter(self) -> bool:
