@@ -40,6 +40,17 @@ def test_encode_txt_and_jsonl(tiny_llama, tmp_path):
         np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-6)
 
 
+def test_encode_compiled(tiny_llama, tmp_path):
+    texts = ["first line", "second, longer line of text", "third"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    out = tmp_path / "v.npy"
+    args = ["encode", str(tiny_llama), "-i", str(tmp_path / "t.txt"), "-o", str(out), "--precision", "fp32"]
+    result = runner.invoke(app, [*args, "--attention", "bidirectional", "--pooling", "mean", "--compile"])
+    assert result.exit_code == 0, result.output
+    expected = EmbeddingModel.from_backbone(tiny_llama, attention="bidirectional", pooling="mean").encode(texts)
+    np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-5)
+
+
 def test_precision_follows_the_hardware(monkeypatch):
     from poolattn import backbone
 
