@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from poolattn import EmbeddingModel
 from poolattn.cli import app
+from poolattn.model import cpp_compiler
 
 runner = CliRunner()
 
@@ -40,6 +41,7 @@ def test_encode_txt_and_jsonl(tiny_llama, tmp_path):
         np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on a CPU needs a C++ compiler")
 def test_encode_compiled(tiny_llama, tmp_path):
     texts = ["first line", "second, longer line of text", "third"]
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")

@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 from poolattn import EmbeddingModel
-from poolattn.model import plan_batches
+from poolattn.model import cpp_compiler, plan_batches
 
 TEXTS = [
     "hi",
@@ -200,6 +200,10 @@ def test_multilayer_peak_memory_near_last_layer_poolers(tiny_factory):
     assert peak_allocated_bytes(keep_all_layers) > 1.5 * peaks["eos"]  # the measure can tell the difference
 
 
+needs_cpp = pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on a CPU needs a C++ compiler")
+
+
+@needs_cpp
 @pytest.mark.parametrize("attention", ["causal", "bidirectional"])
 def test_compiled_backbone_encodes_like_the_eager_one(tiny_llama, attention):
     texts = ["a short one", "a somewhat longer text of several more words", "x", "mid length text here"]
@@ -216,3 +220,9 @@ def test_compiled_backbone_encodes_like_the_eager_one(tiny_llama, attention):
     loss = model(batch).sum()  # gradients run the eager backbone
     loss.backward()
     assert any(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_llama, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        EmbeddingModel.from_backbone(tiny_llama).compile_backbone()

@@ -175,7 +175,10 @@ def encode(
     except (ValueError, OSError) as err:
         fail(str(err))
     if compile:
-        m.compile_backbone()
+        try:
+            m.compile_backbone()
+        except RuntimeError as err:
+            fail(str(err))
     from .backbone import autocast_precision
 
     with autocast_precision(precision, m.device):
@@ -260,7 +263,10 @@ def evaluate(
             fail(str(err))
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
         if compile:
-            encoder.compile_backbone()
+            try:
+                encoder.compile_backbone()
+            except RuntimeError as err:
+                fail(str(err))
     else:
         fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
     from .backbone import autocast_precision

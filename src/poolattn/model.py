@@ -364,6 +364,8 @@ class EmbeddingModel(nn.Module):
         backbone. The first batches pay the compilation (minutes on a small CPU; inductor caches it on disk for
         later processes), so it pays off on large inputs. Under bf16 autocast the frozen weights are cast once.
         """
+        if self.device.type == "cpu" and not cpp_compiler():
+            raise RuntimeError("compiling for a CPU needs a C++ compiler (g++, or $CXX); none was found on PATH")
         compiled = torch.compile(self.backbone, dynamic=True, options={"freezing": True})
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: state_dict and save stay as they were
         return self
@@ -549,6 +551,11 @@ def stack_layers(
         for layer in layers
     ]
     return torch.stack(vectors, dim=1)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on a CPU (``$CXX``, else g++), if installed."""
+    return shutil.which(os.environ.get("CXX") or "g++")
 
 
 def default_batch_tokens(device: torch.device) -> int:
