@@ -226,3 +226,16 @@ def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_llama, monkeypatch
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
         EmbeddingModel.from_backbone(tiny_llama).compile_backbone()
+
+
+@needs_cpp
+def test_compile_warns_when_the_pooler_reads_every_layer(tiny_llama, caplog):
+    def make():
+        return EmbeddingModel.from_backbone(tiny_llama, pooling="multilayer", attention="bidirectional")
+
+    model = make()
+    with caplog.at_level(logging.WARNING):
+        model.compile_backbone()
+    assert "runs the eager backbone" in caplog.text
+    texts = ["one text", "another, longer text"]
+    np.testing.assert_array_equal(model.encode(texts), make().encode(texts))

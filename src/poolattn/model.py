@@ -366,6 +366,11 @@ class EmbeddingModel(nn.Module):
         """
         if self.device.type == "cpu" and not cpp_compiler():
             raise RuntimeError("compiling for a CPU needs a C++ compiler (g++, or $CXX); none was found on PATH")
+        if self.pooler.selected_layers():
+            log.warning(
+                "pooling %r reads every layer's output: encoding runs the eager backbone, compiling changes nothing",
+                self.config.pooling,
+            )
         compiled = torch.compile(self.backbone, dynamic=True, options={"freezing": True})
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: state_dict and save stay as they were
         return self
