@@ -72,8 +72,10 @@ def open_model(
     dtype: str | None = None,
     max_length: int | None = None,
     pool_instruction: bool = True,
+    compile: bool = False,
 ):
-    """A saved poolattn folder (design flags must not contradict it) or a backbone with a design."""
+    """A saved poolattn folder (design flags must not contradict it) or a backbone with a design; ``compile``:
+    through :meth:`EmbeddingModel.compile_backbone`."""
     from .model import CONFIG_FILE, EmbeddingModel
 
     if (Path(spec) / CONFIG_FILE).is_file():
@@ -83,16 +85,22 @@ def open_model(
                 fail(f"{spec} was saved with {flag}={getattr(model.config, flag)!r}; drop --{flag} or pass a backbone")
         if max_length is not None:
             model.config.max_length = max_length
-        return model
-    extra = {"max_length": max_length} if max_length is not None else {}
-    return EmbeddingModel.from_backbone(
-        resolve_backbone(spec),
-        attention=attention or "causal",
-        pooling=pooling or "eos",
-        dtype=dtype or "float32",
-        pool_instruction=pool_instruction,
-        **extra,
-    )
+    else:
+        extra = {"max_length": max_length} if max_length is not None else {}
+        model = EmbeddingModel.from_backbone(
+            resolve_backbone(spec),
+            attention=attention or "causal",
+            pooling=pooling or "eos",
+            dtype=dtype or "float32",
+            pool_instruction=pool_instruction,
+            **extra,
+        )
+    if compile:
+        try:
+            model.compile_backbone()
+        except RuntimeError as err:
+            fail(str(err))
+    return model
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
@@ -171,14 +179,9 @@ def encode(
     if not texts:
         fail(f"{input}: no texts to encode")
     try:
-        m = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length)
+        m = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length, compile=compile)
     except (ValueError, OSError) as err:
         fail(str(err))
-    if compile:
-        try:
-            m.compile_backbone()
-        except RuntimeError as err:
-            fail(str(err))
     from .backbone import autocast_precision
 
     with autocast_precision(precision, m.device):
@@ -258,15 +261,12 @@ def evaluate(
         device, precision = "cpu", "fp32"  # peers are scored as published: float32
     elif format == "poolattn":
         try:
-            encoder = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length)
+            encoder = open_model(
+                model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length, compile=compile
+            )
         except (ValueError, OSError) as err:
             fail(str(err))
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
-        if compile:
-            try:
-                encoder.compile_backbone()
-            except RuntimeError as err:
-                fail(str(err))
     else:
         fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
     from .backbone import autocast_precision

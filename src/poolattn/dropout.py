@@ -5,11 +5,12 @@ feeds (an adapter applies it to every input of every adapted layer). :class:`Fas
 the default generator into three 16-bit integers and keeps an element when its integer clears a threshold: the keep
 probability is ``1 - p`` rounded to 1/65,536, the kept elements are scaled by ``1 / (1 - p)`` and the mask is a
 function of the generator's state (seeds, checkpoints and GradCache's replay stay exact). Other devices, and
-``p`` not a multiple of 1/65,536 away from 0 and 1, use ``nn.Dropout`` itself.
+``p`` that rounds to 0 or 1 in steps of 1/65,536, use ``nn.Dropout`` itself.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -22,9 +23,7 @@ RANDOM_WORDS = slice(0, 3) if sys.byteorder == "little" else slice(1, 4)
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A boolean mask of ``shape``, each element True with probability ``1 - round(p * 65536) / 65536``."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     draws = torch.randint(0, 1 << 48, ((n + 2) // 3,), dtype=torch.int64, device=device)
     words = draws.view(torch.int16).view(-1, 4)[:, RANDOM_WORDS]
     return (words >= -(LEVELS // 2) + round(p * LEVELS)).view(-1)[:n].view(shape)

@@ -328,8 +328,6 @@ class ConfigReader:
         from .backbone import resolve_precision
 
         evaluation.precision = resolve_precision(evaluation.precision, "bf16", "fp32")
-        if recipe.mixed_precision == "auto":
-            recipe.mixed_precision = resolve_precision("auto", "bf16", "no")
         model_dict = {k: v for k, v in asdict(model).items() if k not in DESIGN_MODEL_KEYS}
         train_dict = {
             **{k: v for k, v in asdict(recipe).items() if k != "seed"},

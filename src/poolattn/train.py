@@ -145,6 +145,10 @@ class RecipeSection:
     mixed_precision: str = "no"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.mixed_precision == "auto":  # bf16 autocast where this machine computes bfloat16 natively
+            self.mixed_precision = resolve_precision("auto", "bf16", "no")
+
 
 @dataclass
 class LoraSection:
@@ -181,8 +185,6 @@ class TrainConfig:
     output: OutputSection = field(default_factory=OutputSection)
 
     def __post_init__(self) -> None:
-        if self.recipe.mixed_precision == "auto":  # bf16 autocast where this machine computes bfloat16 natively
-            self.recipe.mixed_precision = resolve_precision("auto", "bf16", "no")
         check_config(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +224,7 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("give recipe.steps or recipe.epochs, not both")
     choices = {
         "recipe.finetune": (recipe.finetune, tuple(FINETUNE_MODES)),
-        "recipe.mixed_precision": (recipe.mixed_precision, ("auto", *MIXED_PRECISION)),
+        "recipe.mixed_precision": (recipe.mixed_precision, tuple(MIXED_PRECISION)),
         "recipe.scheduler": (recipe.scheduler, SCHEDULERS),
         "data.hard_negatives": (config.data.hard_negatives, (None, "auto", "none", "random", "mined")),
     }
