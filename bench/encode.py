@@ -4,17 +4,19 @@ Same model (the embedded SmolLM2-135M), pooling (last token) and texts. sentence
 ``Transformer`` + ``Pooling("lasttoken")`` at its defaults (float32, batch size 32), except that its text
 modality is pinned to plain text: by default it would render every text through the model's chat template
 (three times the tokens of a short question), and both sides must embed the same texts. poolattn runs with
-token-budgeted, length-sorted batches under ``torch.inference_mode`` four ways: float32, bfloat16 autocast over
-float32 weights (the CLI's default where bfloat16 is native), bfloat16 weights, and bfloat16 autocast through
-``compile_backbone`` (``--compile``: timed on a second pass over the texts; the first pass, which compiles, is
-reported apart). The summary line takes the fastest of them whose embeddings stay within a cosine of 0.999 of
-the float32 ones (every text), and names the variant (and its compilation time, when compiled).
+token-budgeted, length-sorted batches under ``torch.inference_mode``, one batch per CPU thread (``--workers``),
+five ways: float32, bfloat16 autocast over float32 weights (the CLI's default where bfloat16 is native), the same
+with one worker (batches one by one on all threads: what the worker threads gain), bfloat16 weights, and bfloat16
+autocast through ``compile_backbone`` (``--compile``: timed on a second pass over the texts; the first pass,
+which compiles, is reported apart). The summary line takes the fastest of them whose embeddings stay within a
+cosine of 0.999 of the float32 ones (every text), and names the variant (and its compilation time, when
+compiled); its ratio is of texts/s, with the ratio of tokens/s (poolattn appends an EOS token) beside it.
 Also measures this machine's fp32 / bf16 matmul peak in the same run and reports each run's fraction of it.
 
 Every variant (sentence-transformers included) is timed ``--repeats`` times, interleaved, and its best pass is
 kept: on a shared machine the speed drifts between passes. ``--long 0`` skips the long case.
 
-    python bench/encode.py [--short 1024] [--long 256] [--max-length 512] [--repeats 3]
+    python bench/encode.py [--short 1024] [--long 256] [--max-length 512] [--repeats 3] [--workers N]
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=256, help="number of long texts (Lee background corpus)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant, interleaved; best kept")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="encode threads (default: one per torch thread; '1w' runs 1)"
+    )
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
@@ -91,11 +96,12 @@ def main() -> None:
     fp32 = EmbeddingModel.from_backbone(path, pooling="eos", max_length=args.max_length)
     bf16 = EmbeddingModel.from_backbone(path, pooling="eos", dtype="bfloat16", max_length=args.max_length)
     compiled = EmbeddingModel.from_backbone(path, pooling="eos", max_length=args.max_length).compile_backbone()
-    variants = {  # name: (model, autocast precision, matmul peak)
-        "float32": (fp32, "fp32", peaks["float32"]),
-        "bf16 autocast": (fp32, "bf16", peaks["bfloat16"]),
-        "bf16 weights": (bf16, "fp32", peaks["bfloat16"]),
-        "bf16 compiled": (compiled, "bf16", peaks["bfloat16"]),
+    variants = {  # name: (model, autocast precision, encode workers, matmul peak)
+        "float32": (fp32, "fp32", args.workers, peaks["float32"]),
+        "bf16 autocast": (fp32, "bf16", args.workers, peaks["bfloat16"]),
+        "bf16 autocast 1w": (fp32, "bf16", 1, peaks["bfloat16"]),
+        "bf16 weights": (bf16, "fp32", args.workers, peaks["bfloat16"]),
+        "bf16 compiled": (compiled, "bf16", args.workers, peaks["bfloat16"]),
     }
     fpt = flops_per_token(fp32)
 
@@ -109,11 +115,13 @@ def main() -> None:
         runners: dict[str, Callable[[list[str]], np.ndarray]] = {
             "sentence-transformers": lambda t: st.encode(t, normalize_embeddings=True)
         }
-        for name, (model, precision, _) in variants.items():
+        for name, (model, precision, workers, _) in variants.items():
 
-            def run(t: list[str], model: EmbeddingModel = model, precision: str = precision) -> np.ndarray:
+            def run(
+                t: list[str], model: EmbeddingModel = model, precision: str = precision, workers: int | None = workers
+            ) -> np.ndarray:
                 with autocast_precision(precision, "cpu"):
-                    return model.encode(t, show_progress=False)
+                    return model.encode(t, show_progress=False, workers=workers)
 
             runners[name] = run
         first = time.perf_counter()  # a first pass over every text compiles (once per shape family)
@@ -135,12 +143,12 @@ def main() -> None:
             f"{spread['sentence-transformers']}"
         )
         worst_cosine = {}
-        for name, (_, _, peak) in variants.items():
+        for name, (_, _, _, peak) in variants.items():
             seconds = best_time[name]
             cosine = (vectors[name] * vectors["float32"]).sum(1)
             worst_cosine[name] = float(cosine.min())
             print(
-                f"  poolattn {name:13s}: {len(texts) / seconds:8.1f} texts/s {our_tokens / seconds:9.0f} tok/s "
+                f"  poolattn {name:16s}: {len(texts) / seconds:8.1f} texts/s {our_tokens / seconds:9.0f} tok/s "
                 f"({our_tokens * fpt / seconds / peak:.0%} of the matmul peak) {spread[name]}, cosine to float32: "
                 f"min {cosine.min():.5f}, mean {cosine.mean():.5f}"
             )
@@ -152,9 +160,10 @@ def main() -> None:
         note = f"{best}, first pass with compilation {compile_seconds:.0f} s" if best == "bf16 compiled" else best
         summary.append(
             f"{case}: poolattn {our_tokens / best_time[best]:.0f} tok/s ({note}), "
-            f"sentence-transformers {st_tokens / st_time:.0f} tok/s, {ratio:.2f}x"
+            f"sentence-transformers {st_tokens / st_time:.0f} tok/s, {ratio:.2f}x "
+            f"(tok/s ratio {our_tokens / best_time[best] / (st_tokens / st_time):.2f}x)"
         )
-    print("\n(the ratio is of texts/s over the same texts)")
+    print("\n(the ratio is of texts/s over the same texts; poolattn's token counts include the EOS it appends)")
     for line in summary:
         print(line)
 

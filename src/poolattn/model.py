@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -25,6 +26,7 @@ from . import __version__
 from .backbone import check_attention, decoder_layers, load_backbone, resolve_dtype, run_backbone
 from .dropout import speed_up_dropout
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
+from .workers import default_workers, map_in_threads
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +261,10 @@ class EmbeddingModel(nn.Module):
         """Reduce each wanted layer's output to one vector per text as the layer runs (no states are kept).
 
         The final layer is taken from the final-normed output afterwards, as ``output_hidden_states`` does.
+        The hooks serve the calling thread only (encode may run several batches at once in threads).
         """
         collected: dict[int, torch.Tensor] = {}
+        owner = threading.get_ident()
         n_layers = self.backbone.config.num_hidden_layers
         blocks = decoder_layers(self.backbone) if layers else []
         handles = []
@@ -269,6 +273,8 @@ class EmbeddingModel(nn.Module):
                 continue
 
             def hook(_module: nn.Module, _args: Any, output: Any, layer: int = layer) -> None:
+                if threading.get_ident() != owner:
+                    return
                 states = output[0] if isinstance(output, tuple) else output
                 collected[layer] = reduce_states(states, batch.attention_mask, batch.pool_mask, last_index, reduction)
 
@@ -289,14 +295,18 @@ class EmbeddingModel(nn.Module):
         max_batch_size: int = 256,
         show_progress: bool | None = None,
         padding_side: str = "right",
+        workers: int | None = None,
     ) -> np.ndarray:
         """Embed texts: (N, dim) float32, L2-normalised, in input order.
 
         Texts are sorted by token length and packed into batches of at most ``batch_tokens`` padded tokens
-        (default :func:`default_batch_tokens`),
-        so little compute is spent on padding. Empty texts are embedded from their EOS token alone.
+        (default :func:`default_batch_tokens`), so little compute is spent on padding. Empty texts are embedded
+        from their EOS token alone. On a CPU, ``workers`` threads (default: torch's thread count) each run whole
+        batches on one intra-op thread (see :mod:`poolattn.workers`); ``workers=1`` runs them one by one.
         """
-        return self._encode(texts, instruction, self.forward, batch_tokens, max_batch_size, show_progress, padding_side)
+        return self._encode(
+            texts, instruction, self.forward, batch_tokens, max_batch_size, show_progress, padding_side, workers
+        )
 
     def encode_layers(
         self,
@@ -306,6 +316,7 @@ class EmbeddingModel(nn.Module):
         reduction: str | None = None,
         batch_tokens: int | None = None,
         show_progress: bool | None = None,
+        workers: int | None = None,
     ) -> np.ndarray:
         """One L2-normalised vector per text per layer 1..L from one forward pass: (N, L, H) float32."""
         reduction = reduction or ("last" if self.config.attention == "causal" else "mean")
@@ -319,7 +330,7 @@ class EmbeddingModel(nn.Module):
             inputs = PoolInput(hidden, batch.attention_mask, batch.pool_mask, last_index)
             return F.normalize(stack_layers(collected, layers, hidden, inputs, reduction), dim=-1)
 
-        return self._encode(texts, instruction, all_layers, batch_tokens, 256, show_progress, "right")
+        return self._encode(texts, instruction, all_layers, batch_tokens, 256, show_progress, "right", workers)
 
     def _encode(
         self,
@@ -330,6 +341,7 @@ class EmbeddingModel(nn.Module):
         max_batch_size: int,
         show_progress: bool | None,
         padding_side: str,
+        workers: int | None,
     ) -> np.ndarray:
         from .progress import progress_bar
 
@@ -341,16 +353,20 @@ class EmbeddingModel(nn.Module):
         batches = plan_batches([len(items[i].ids) for i in order], budget, max_batch_size)
         results: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
         show = len(items) >= 512 if show_progress is None else show_progress
+        workers = default_workers(self.device, len(batches)) if workers is None else workers
+
+        def embed_rows(rows: list[int]) -> np.ndarray:
+            return embed(self.collate([items[i] for i in rows], padding_side)).float().cpu().numpy()
+
+        jobs = [order[start:stop] for start, stop in batches]
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode(), progress_bar(len(items), "encoding", enabled=show) as advance:
-                for start, stop in batches:
-                    rows = order[start:stop]
-                    vecs = embed(self.collate([items[i] for i in rows], padding_side)).float().cpu().numpy()
-                    for row, vec in zip(rows, vecs, strict=True):
+                for index, vecs in map_in_threads(embed_rows, jobs, workers):
+                    for row, vec in zip(jobs[index], vecs, strict=True):
                         results[row] = vec
-                    advance(len(rows))
+                    advance(len(vecs))
         finally:
             self.train(was_training)
         return np.stack(results).astype(np.float32, copy=False)
@@ -363,6 +379,8 @@ class EmbeddingModel(nn.Module):
         only; training, gradients and per-layer collection (``multilayer``, ``encode_layers``) run the eager
         backbone. The first batches pay the compilation (minutes on a small CPU; inductor caches it on disk for
         later processes), so it pays off on large inputs. Under bf16 autocast the frozen weights are cast once.
+        Compiled CPU kernels keep the thread count they were compiled under: encode with the same ``workers``
+        setting as the first call (by default one intra-op thread per worker).
         """
         if self.device.type == "cpu" and not cpp_compiler():
             raise RuntimeError("compiling for a CPU needs a C++ compiler (g++, or $CXX); none was found on PATH")
