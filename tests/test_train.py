@@ -286,12 +286,13 @@ def test_plan_chunks_is_the_cheapest_partition():
 def step_grads(backbone: Path, overrides: list[str], grad_cache: bool, records: list[TrainRecord]):
     config = load_train_config(None, [f"model.backbone={backbone}", "lora.r=4", "lora.alpha=8", *overrides])
     torch.manual_seed(0)
-    model = build_model(config).train()
+    dist = Distributed()  # the process's device (a GPU where there is one): the model goes there, as in training
+    model = build_model(config).to(dist.device).train()
     with torch.no_grad():  # a non-zero LoRA B, so dropout on the adapter input changes the forward pass too
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.05)
-    step = ContrastiveStep(model, Distributed(), config.recipe, grad_cache=grad_cache)
+    step = ContrastiveStep(model, dist, config.recipe, grad_cache=grad_cache)
     torch.manual_seed(123)
     loss = step([records])
     return float(loss), trainable_grads(model)
