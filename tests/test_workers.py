@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from poolattn import EmbeddingModel
-from poolattn.workers import default_workers, intra_op_threads, map_in_threads
+from poolattn.workers import balance_tail, default_workers, intra_op_threads, map_in_threads
 
 TEXTS = [f"text number {i} " + "word " * (i % 7) for i in range(40)] + ["", "a"]
 
@@ -94,3 +94,13 @@ def test_encode_layers_in_threads_equals_one_by_one(tiny_llama):
     model = EmbeddingModel.from_backbone(tiny_llama, attention="bidirectional", pooling="mean")
     serial = model.encode_layers(TEXTS, batch_tokens=24, workers=1)
     np.testing.assert_allclose(model.encode_layers(TEXTS, batch_tokens=24, workers=3), serial, rtol=0, atol=1e-6)
+
+
+def test_the_last_batch_is_split_so_the_threads_finish_together():
+    jobs = [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9, 10]]
+    balanced = balance_tail(jobs, 2)
+    assert balanced == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    assert balance_tail(jobs[:2], 2) == jobs[:2]  # already even
+    assert balance_tail(jobs, 1) == jobs
+    assert balance_tail([[0], [1], [2]], 2) == [[0], [1], [2]]  # a single row cannot be split
+    assert [row for job in balance_tail(jobs, 4) for row in job] == list(range(11))

@@ -26,7 +26,7 @@ from . import __version__
 from .backbone import check_attention, decoder_layers, load_backbone, resolve_dtype, run_backbone
 from .dropout import speed_up_dropout
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
-from .workers import default_workers, map_in_threads
+from .workers import balance_tail, default_workers, map_in_threads
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class EmbeddingModel(nn.Module):
         def embed_rows(rows: list[int]) -> np.ndarray:
             return embed(self.collate([items[i] for i in rows], padding_side)).float().cpu().numpy()
 
-        jobs = [order[start:stop] for start, stop in batches]
+        jobs = balance_tail([order[start:stop] for start, stop in batches], workers)
         was_training = self.training
         self.eval()
         try:
