@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from common import flops_per_token, lasttoken_sentence_transformer
 
 from poolattn import EmbeddingModel, assets
 from poolattn.backbone import autocast_precision
@@ -54,13 +55,6 @@ def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.n
     return out, time.perf_counter() - start
 
 
-def flops_per_token(model: EmbeddingModel) -> float:
-    """2 × non-embedding parameters: the dense FLOPs of one token's forward pass."""
-    backbone = model.backbone
-    embedding = backbone.get_input_embeddings().weight.numel()
-    return 2.0 * (sum(p.numel() for p in backbone.parameters()) - embedding)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", type=int, default=1024, help="number of short texts (TREC questions)")
@@ -68,12 +62,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant, interleaved; best kept")
     parser.add_argument(
-        "--workers", type=int, default=None, help="encode threads (default: one per torch thread; '1w' runs 1)"
+        "--workers",
+        type=int,
+        default=None,
+        help="encode threads (default: one per torch thread; the '1w' variant always runs one)",
     )
     args = parser.parse_args()
-
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     torch.manual_seed(0)
     path = str(assets.model_path("smollm2"))
@@ -84,15 +78,7 @@ def main() -> None:
     peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
 
-    transformer = Transformer(path, max_seq_length=args.max_length)
-    text_only = {k: v for k, v in transformer.modality_config.items() if k == "text"}
-    transformer = Transformer(
-        path, max_seq_length=args.max_length, modality_config=text_only, module_output_name="token_embeddings"
-    )
-    if transformer.tokenizer.pad_token is None:
-        transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
-    st = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken")])
-    st.eval()
+    st = lasttoken_sentence_transformer(path, args.max_length)
     fp32 = EmbeddingModel.from_backbone(path, pooling="eos", max_length=args.max_length)
     bf16 = EmbeddingModel.from_backbone(path, pooling="eos", dtype="bfloat16", max_length=args.max_length)
     compiled = EmbeddingModel.from_backbone(path, pooling="eos", max_length=args.max_length).compile_backbone()
@@ -103,7 +89,7 @@ def main() -> None:
         "bf16 weights": (bf16, "fp32", args.workers, peaks["bfloat16"]),
         "bf16 compiled": (compiled, "bf16", args.workers, peaks["bfloat16"]),
     }
-    fpt = flops_per_token(fp32)
+    fpt = flops_per_token(fp32.backbone)  # dense forward FLOPs of a token
 
     summary = []
     for case, texts in cases.items():

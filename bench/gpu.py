@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import flops_per_token, lasttoken_sentence_transformer
 
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "si", "tu", "va", "ze") for b in "aeiouxyz"]
 
@@ -71,13 +72,6 @@ def random_texts(n: int, max_words: int, rng: random.Random) -> list[str]:
     return [" ".join(rng.choices(WORDS, k=rng.randint(4, max_words))) for _ in range(n)]
 
 
-def flops_per_token(model: torch.nn.Module, mean_length: float, factor: int) -> float:
-    """``factor`` x (non-embedding parameters + attention's 2 x layers x hidden x length)."""
-    config = model.config
-    params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
-    return factor * (params + 2 * config.num_hidden_layers * config.hidden_size * mean_length)
-
-
 def synchronized_time() -> float:
     torch.cuda.synchronize()
     return time.perf_counter()
@@ -93,9 +87,6 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=989.0, help="the accelerator's dense bf16 TFLOP/s")
     parser.add_argument("--small", action="store_true", help="a tiny model and CPU allowed: a dry run of the script")
     args = parser.parse_args()
-
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     from poolattn import EmbeddingModel
     from poolattn.data import TrainRecord
@@ -114,7 +105,6 @@ def main() -> None:
     texts = random_texts(args.texts, args.max_words, rng)
 
     # ---------------------------------------------------------------- encode
-    results = {}
     for pooling in ("eos", "multilayer"):
         model = EmbeddingModel.from_backbone(
             folder, pooling=pooling, dtype="bfloat16", attn_implementation="sdpa", max_length=args.max_length
@@ -122,39 +112,26 @@ def main() -> None:
         tokens = sum(len(item.ids) for item in model.tokenize_texts(texts))
         model.encode(texts, show_progress=False)  # warm-up: every batch shape once (kernel choice, allocator)
         start = timer()
-        vectors = model.encode(texts, show_progress=False)
+        model.encode(texts, show_progress=False)
         seconds = timer() - start
         fpt = flops_per_token(model.backbone, tokens / len(texts), 2)
-        results[pooling] = vectors
         print(
             f"encode poolattn {pooling:10s} bf16 sdpa: {len(texts) / seconds:8.0f} texts/s {tokens / seconds:10.0f} "
             f"tok/s  MFU {tokens * fpt / seconds / peak:.1%}"
         )
         del model
     for label, kwargs in (("fp32 (defaults)", {}), ("bf16 weights", {"dtype": torch.bfloat16})):
-        transformer = Transformer(str(folder), max_seq_length=args.max_length, model_kwargs=kwargs)
-        text_only = {k: v for k, v in transformer.modality_config.items() if k == "text"}
-        transformer = Transformer(
-            str(folder),
-            max_seq_length=args.max_length,
-            model_kwargs=kwargs,
-            modality_config=text_only,
-            module_output_name="token_embeddings",
-        )
-        st = SentenceTransformer(
-            modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken")], device=device
-        )
+        st = lasttoken_sentence_transformer(str(folder), args.max_length, device=device, model_kwargs=kwargs)
         st_tokens = int(sum(st.preprocess([t])["attention_mask"].sum() for t in texts))
         st.encode(texts)  # warm-up
         start = timer()
         st.encode(texts)
         seconds = timer() - start
-        results[label] = len(texts) / seconds
         print(
             f"encode sentence-transformers {label:16s}: {len(texts) / seconds:8.0f} texts/s "
             f"{st_tokens / seconds:10.0f} tok/s"
         )
-        del st, transformer
+        del st
 
     # ---------------------------------------------------------------- training
     records = [
@@ -166,6 +143,12 @@ def main() -> None:
             strict=True,
         )
     ]
+    counter = EmbeddingModel.from_backbone(folder, max_length=args.max_length)  # real tokens per text, parameters
+    sample = [t for r in records[: args.batch_size * 4] for t in (r.query, r.positive, *r.negatives)]
+    tokens_per_text = sum(len(i.ids) for i in counter.tokenize_texts(sample)) / len(sample)
+    tokens_per_example = 3 * tokens_per_text  # query, positive, one hard negative
+    train_flops = {m: flops_per_token(counter.backbone, tokens_per_text, f) for m, f in (("lora", 4), ("full", 6))}
+    del counter
     for finetune in ("warm-up", "lora", "full"):
         config = TrainConfig()
         config.model.backbone, config.model.pooling = str(folder), "multilayer"
@@ -182,19 +165,12 @@ def main() -> None:
             continue
         steps = [json.loads(line) for line in result.log_path.read_text().splitlines()][1:]  # after the first
         examples_per_second = len(steps) * args.batch_size / sum(r["step_seconds"] for r in steps)
-        probe = EmbeddingModel.from_backbone(folder, max_length=args.max_length)
-        texts_per_example = [r.query for r in records[: args.batch_size * 4]]
-        sample = [t for r in records[: args.batch_size * 4] for t in (r.positive, *r.negatives)] + texts_per_example
-        tokens_per_text = sum(len(i.ids) for i in probe.tokenize_texts(sample)) / len(sample)
-        tokens_per_example = 3 * tokens_per_text  # query, positive, one hard negative
-        fpt = flops_per_token(probe.backbone, tokens_per_text, 6 if finetune == "full" else 4)
         tok_s = examples_per_second * tokens_per_example
         print(
             f"train poolattn multilayer bidirectional {finetune:4s} bf16: {examples_per_second:8.1f} examples/s "
-            f"{tok_s:10.0f} tok/s  MFU {tok_s * fpt / peak:.1%}  peak memory "
+            f"{tok_s:10.0f} tok/s  MFU {tok_s * train_flops[finetune] / peak:.1%}  peak memory "
             f"{result.peak_memory_bytes / 2**30:.1f} GiB  final loss {result.final_loss:.3f}"
         )
-        del probe
 
 
 if __name__ == "__main__":

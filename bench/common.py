@@ -1,0 +1,33 @@
+"""Pieces the benchmarks share: the sentence-transformers peer and the FLOP count of a token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+def lasttoken_sentence_transformer(
+    path: str, max_length: int, *, device: str | None = None, model_kwargs: dict[str, Any] | None = None
+):
+    """sentence-transformers' ``Transformer`` + ``Pooling("lasttoken")`` over ``path``, at its defaults except
+    that the text modality is pinned to plain text (by default it would render each text through the model's
+    chat template, about three times the tokens of a short question)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    kwargs = {"max_seq_length": max_length, "model_kwargs": model_kwargs or {}}
+    text_only = {k: v for k, v in Transformer(path, **kwargs).modality_config.items() if k == "text"}
+    transformer = Transformer(path, **kwargs, modality_config=text_only, module_output_name="token_embeddings")
+    if transformer.tokenizer.pad_token is None:
+        transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
+    pooling = Pooling(transformer.get_embedding_dimension(), "lasttoken")
+    return SentenceTransformer(modules=[transformer, pooling], device=device).eval()
+
+
+def flops_per_token(backbone: nn.Module, mean_length: float = 0.0, factor: int = 2) -> float:
+    """``factor`` x (non-embedding parameters + attention's 2 x layers x hidden x ``mean_length``): 2 for a
+    forward pass, 4 for LoRA training (no gradients of the frozen weights), 6 for full training."""
+    config = backbone.config
+    params = sum(p.numel() for p in backbone.parameters()) - backbone.get_input_embeddings().weight.numel()
+    return factor * (params + 2 * config.num_hidden_layers * config.hidden_size * mean_length)
