@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_backbone import CASES, changed_later_token
+from test_backbone import CASES, later_token_effect
 from test_train import config_for, make_records
 
 from poolattn import EmbeddingModel
-from poolattn.backbone import load_backbone, run_backbone
+from poolattn.backbone import load_backbone
 from poolattn.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -22,18 +22,9 @@ TEXTS = ["hi", "The quick brown fox jumps over the lazy dog.", "", "a b", "Pooli
 @pytest.mark.parametrize(("family", "impl"), CASES)
 def test_probe_on_cuda(tiny_factory, family, impl, dtype):
     model = load_backbone(tiny_factory(family), attn_implementation=impl).to("cuda", dtype)
-    torch.manual_seed(1)
-    ids = torch.randint(3, 200, (1, 9), device="cuda")
-    mask = torch.ones_like(ids)
-    with torch.no_grad():
-        for attention in ("causal", "bidirectional"):
-            a = run_backbone(model, ids, mask, attention).float()
-            b = run_backbone(model, changed_later_token(ids, 7), mask, attention).float()
-            delta = (a[0, 2] - b[0, 2]).abs().max().item()
-            if attention == "causal":
-                assert delta == 0.0, f"{family}/{impl}/{dtype}: causal state 2 changed when token 7 changed"
-            else:
-                assert delta > 1e-3, f"{family}/{impl}/{dtype}: bidirectional state 2 ignored token 7"
+    case = f"{family}/{impl}/{dtype}"
+    assert later_token_effect(model, "causal", "cuda") == 0.0, f"{case}: causal state 2 changed when token 7 did"
+    assert later_token_effect(model, "bidirectional", "cuda") > 1e-3, f"{case}: bidirectional state 2 ignored token 7"
 
 
 @pytest.mark.parametrize("pooling", ["eos", "mean", "latent", "multilayer"])
@@ -48,7 +39,11 @@ def test_invariances_and_cpu_agreement_on_cuda(tiny_llama, pooling, attention):
     np.testing.assert_allclose(right, reference, rtol=0, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         bf16 = model.encode(TEXTS)
+        serial = model.encode(TEXTS, batch_tokens=8, workers=1)
+        threaded = model.encode(TEXTS, batch_tokens=8, workers=2)
     assert (bf16 * right).sum(1).min() > 0.99
+    np.testing.assert_allclose(threaded, serial, rtol=0, atol=1e-5)
+    assert np.abs(threaded - right).max() > 1e-6  # the worker threads kept the caller's CUDA autocast
 
 
 def test_training_runs_on_cuda(tiny_llama, tmp_path):

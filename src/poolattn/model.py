@@ -363,7 +363,7 @@ class EmbeddingModel(nn.Module):
         self.eval()
         try:
             with torch.inference_mode(), progress_bar(len(items), "encoding", enabled=show) as advance:
-                for index, vecs in map_in_threads(embed_rows, jobs, workers):
+                for index, vecs in map_in_threads(embed_rows, jobs, workers, self.device.type):
                     for row, vec in zip(jobs[index], vecs, strict=True):
                         results[row] = vec
                     advance(len(vecs))

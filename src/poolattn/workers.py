@@ -51,19 +51,21 @@ def intra_op_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def map_in_threads(fn: Callable[[Job], Result], jobs: Sequence[Job], workers: int) -> Iterator[tuple[int, Result]]:
+def map_in_threads(
+    fn: Callable[[Job], Result], jobs: Sequence[Job], workers: int, device_type: str = "cpu"
+) -> Iterator[tuple[int, Result]]:
     """Yield ``(index, fn(jobs[index]))`` as jobs finish, ``workers`` threads taking jobs in order.
 
-    Each thread runs one intra-op thread and keeps the caller's grad / inference mode and CPU autocast state
-    for its whole run, so autocast's cast of each weight is made once per thread, not once per batch. The first
-    error in any thread stops the others and is raised here.
+    Each thread runs one intra-op thread and keeps the caller's grad / inference mode and autocast state (for
+    ``device_type``, where ``fn`` computes) for its whole run, so autocast's cast of each weight is made once per
+    thread, not once per batch. The first error in any thread stops the others and is raised here.
     """
     if workers <= 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
             yield index, fn(job)
         return
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    autocast, autocast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    autocast, autocast_dtype = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(jobs)):
         todo.put(index)
@@ -74,7 +76,7 @@ def map_in_threads(fn: Callable[[Job], Result], jobs: Sequence[Job], workers: in
         with (
             torch.inference_mode(inference),
             torch.set_grad_enabled(grad),
-            torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast),
+            torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast),
         ):
             while not stop.is_set():
                 try:
