@@ -33,3 +33,19 @@ def tiny_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_factory) -> Path:
     return tiny_factory("llama")
+
+
+@pytest.fixture
+def matmul_attention_calls(monkeypatch) -> list[int]:
+    """A one-element counter of calls to poolattn_sdpa's matmul path during the test."""
+    from poolattn import short_attention
+
+    calls = [0]
+    real = short_attention.matmul_attention
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(short_attention, "matmul_attention", counted)
+    return calls

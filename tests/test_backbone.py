@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny import EAGER_ONLY, FAMILIES
 
+from poolattn import short_attention
 from poolattn.backbone import (
     SUPPORTED_FAMILIES,
     BackboneError,
@@ -15,7 +16,9 @@ from poolattn.backbone import (
     run_backbone,
 )
 
-CASES = [(f, impl) for f in FAMILIES for impl in ("eager", "sdpa") if not (impl == "sdpa" and f in EAGER_ONLY)]
+#: Every backend a CPU runs: eager, SDPA, and poolattn's SDPA (matmuls at these short lengths).
+IMPLEMENTATIONS = ("eager", "sdpa", short_attention.NAME)
+CASES = [(f, impl) for f in FAMILIES for impl in IMPLEMENTATIONS if impl == "eager" or f not in EAGER_ONLY]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,16 @@ def test_probe_bidirectional_sees_later_tokens_causal_does_not(backbones, family
     model = backbones(family, impl)
     assert later_token_effect(model, "causal") == 0.0, f"{family}/{impl}: causal state 2 changed when token 7 did"
     assert later_token_effect(model, "bidirectional") > 1e-4, f"{family}/{impl}: bidirectional state 2 ignored token 7"
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in EAGER_ONLY])
+def test_probe_of_the_matmul_path_under_bf16_autocast(backbones, matmul_attention_calls, family):
+    """poolattn's SDPA computes short bf16 sequences as matmuls (float32 keeps SDPA): probe that path too."""
+    model = backbones(family, short_attention.NAME)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert later_token_effect(model, "causal") == 0.0, f"{family}: causal state 2 changed when token 7 did"
+        assert later_token_effect(model, "bidirectional") > 1e-3, f"{family}: bidirectional state 2 ignored token 7"
+    assert matmul_attention_calls[0] == 4 * model.config.num_hidden_layers  # every layer of the 4 forwards
 
 
 @pytest.mark.parametrize(("family", "impl"), CASES)

@@ -222,6 +222,23 @@ def test_compiled_backbone_encodes_like_the_eager_one(tiny_llama, attention):
     assert any(p.grad is not None for p in model.backbone.parameters())
 
 
+@needs_cpp
+def test_compiled_weights_are_frozen_in_even_when_worker_threads_compile(tiny_llama):
+    """inductor's freezing (weights folded in, cast to bf16 once) must hold in the worker thread that compiles:
+    its config overrides are thread-local. Frozen weights show as a graph that no longer sees in-place edits."""
+    texts = ["one text", "another, a little longer, text", "third", "and a fourth one here"]
+    model = EmbeddingModel.from_backbone(tiny_llama, pooling="eos").compile_backbone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model.encode(texts, batch_tokens=16, workers=2)  # several batches: compiled in a worker thread
+        with torch.no_grad():
+            model.backbone.layers[0].mlp.down_proj.weight.mul_(-3.0)
+        after = model.encode(texts, batch_tokens=16, workers=2)
+        model._compiled = None  # the eager backbone sees the edit
+        edited = model.encode(texts, batch_tokens=16, workers=2)
+    np.testing.assert_array_equal(after, before)
+    assert np.abs(edited - before).max() > 1e-3
+
+
 def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_llama, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):

@@ -19,6 +19,8 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import logging as hf_logging
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from . import short_attention
+
 Attention = Literal["causal", "bidirectional"]
 ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional")
 
@@ -85,7 +87,7 @@ def load_backbone(
     try:
         config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
         implementation = attn_implementation or default_attn_implementation()
-        if implementation == "sdpa" and not sdpa_supported(config):
+        if implementation in ("sdpa", short_attention.NAME) and not sdpa_supported(config):
             implementation = "eager"
         model = AutoModel.from_pretrained(
             str(name_or_path),
@@ -107,7 +109,7 @@ def sdpa_supported(config) -> bool:
 
 
 def default_attn_implementation() -> str:
-    """Flash-attention when installed with a GPU, else SDPA."""
+    """Flash-attention when installed with a GPU, else SDPA (with matmuls for short sequences on a CPU)."""
     try:
         import flash_attn  # noqa: F401
 
@@ -115,7 +117,7 @@ def default_attn_implementation() -> str:
             return "flash_attention_2"
     except ImportError:
         pass
-    return "sdpa"
+    return short_attention.NAME
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

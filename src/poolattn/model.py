@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,10 @@ class EmbeddingModel(nn.Module):
         pooled_layers = self.pooler.selected_layers()
         compiled = self._compiled is not None and torch.is_inference_mode_enabled() and not pooled_layers
         backbone = self._compiled if compiled else self.backbone
-        with self.collect_layers(batch, last_index, pooled_layers, self.pooler.layer_reduction()) as collected:
+        with (
+            self.collect_layers(batch, last_index, pooled_layers, self.pooler.layer_reduction()) as collected,
+            compile_settings() if compiled else nullcontext(),
+        ):
             hidden = run_backbone(backbone, batch.input_ids, batch.attention_mask, self.config.attention)
         inputs = PoolInput(hidden, batch.attention_mask, batch.pool_mask, last_index)
         if pooled_layers:
@@ -378,7 +381,8 @@ class EmbeddingModel(nn.Module):
         It serves forwards under ``torch.inference_mode`` (``encode``) with poolers that read the last layer
         only; training, gradients and per-layer collection (``multilayer``, ``encode_layers``) run the eager
         backbone. The first batches pay the compilation (minutes on a small CPU; inductor caches it on disk for
-        later processes), so it pays off on large inputs. Under bf16 autocast the frozen weights are cast once.
+        later processes; with the default attention, sequences over 32 tokens get a second graph), so it pays off
+        on large inputs. Under bf16 autocast the frozen weights are cast to bf16 once, at compilation.
         Compiled CPU kernels keep the thread count they were compiled under: encode with the same ``workers``
         setting as the first call (by default one intra-op thread per worker).
         """
@@ -389,7 +393,7 @@ class EmbeddingModel(nn.Module):
                 "pooling %r reads every layer's output: encoding runs the eager backbone, compiling changes nothing",
                 self.config.pooling,
             )
-        compiled = torch.compile(self.backbone, dynamic=True, options={"freezing": True})
+        compiled = torch.compile(self.backbone, dynamic=True)
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: state_dict and save stay as they were
         return self
 
@@ -574,6 +578,23 @@ def stack_layers(
         for layer in layers
     ]
     return torch.stack(vectors, dim=1)
+
+
+#: Compiled graphs a process may hold for one forward function (torch's default, 8, is shared by every model of
+#: a class: a few compiled models, each with a short- and a long-sequence graph, would silently fall back to eager).
+RECOMPILE_LIMIT = 64
+
+
+@contextmanager
+def compile_settings() -> Iterator[None]:
+    """torch.compile settings of compiled encoding: inductor's freezing (weights folded into the graph, cast to
+    bf16 once under autocast, prepacked for oneDNN) and :data:`RECOMPILE_LIMIT`. torch's config overrides are
+    thread-local, so they are set around each call, in whichever thread compiles."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
+        yield
 
 
 def cpp_compiler() -> str | None:

@@ -71,6 +71,10 @@ def map_in_threads(
         todo.put(index)
     done: queue.SimpleQueue[tuple[int, Result | None, BaseException | None]] = queue.SimpleQueue()
     stop = threading.Event()
+    # Leaving autocast clears torch's process-wide cast cache, under its lock, and releasing the cached tensors
+    # needs the GIL; a thread tracing a graph under autocast (torch.compile) holds the GIL and waits for that
+    # lock: a deadlock. So the threads leave their contexts together, once no thread computes any more.
+    finished = threading.Barrier(workers)
 
     def work() -> None:
         with (
@@ -78,17 +82,23 @@ def map_in_threads(
             torch.set_grad_enabled(grad),
             torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast),
         ):
-            while not stop.is_set():
-                try:
-                    index = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    done.put((index, fn(jobs[index]), None))
-                except BaseException as err:  # stop the rest; the caller raises it
-                    stop.set()
-                    done.put((index, None, err))
-                    return
+            try:
+                run_jobs()
+            finally:
+                finished.wait()
+
+    def run_jobs() -> None:
+        while not stop.is_set():
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((index, fn(jobs[index]), None))
+            except BaseException as err:  # stop the rest; the caller raises it
+                stop.set()
+                done.put((index, None, err))
+                return
 
     with intra_op_threads(1):
         threads = [threading.Thread(target=work, name=f"poolattn-worker-{i}", daemon=True) for i in range(workers)]
