@@ -75,8 +75,8 @@ def matmul_attention(
         elif mask.dim() == 4:
             mask = mask.unsqueeze(2)
         # boolean: True is visible; a row that sees nothing stays finite (such rows are padding, never read)
-        hidden = torch.finfo(scores.dtype).min
-        scores = scores.masked_fill(~mask, hidden) if mask.dtype == torch.bool else scores + mask
+        lowest = torch.finfo(scores.dtype).min
+        scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
     weights = scores.softmax(-1).to(value.dtype).view(batch, kv_heads, groups * q_length, kv_length)
     out = (weights @ value).view(batch, heads, q_length, value.shape[-1])
     return out.transpose(1, 2).contiguous()
