@@ -7,7 +7,7 @@ token counts, not on what the weights know. Texts are random word sequences of m
 * encode: poolattn (``eos`` and ``multilayer`` pooling, bfloat16 weights, SDPA, token-budgeted length-sorted
   batches) against sentence-transformers (``Transformer`` + ``Pooling("lasttoken")``) at its defaults
   (float32, batch 32) and with bfloat16 weights; texts/s, tokens/s, MFU.
-* training: ``poolattn.train.train`` (InfoNCE over in-batch and hard negatives, bf16 autocast) with LoRA and
+* training: ``poolattn.training.train`` (InfoNCE over in-batch and hard negatives, bf16 autocast) with LoRA and
   with full fine-tuning; examples/s, tokens/s, MFU over the steps after the first (from the run's step log).
 
 MFU counts, per real token, 2 (encode), 4 (LoRA training: no gradients of the frozen weights) or 6 (full
@@ -90,7 +90,7 @@ def main() -> None:
 
     from poolattn import EmbeddingModel
     from poolattn.data import TrainRecord
-    from poolattn.train import TrainConfig, train
+    from poolattn.training import TrainConfig, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.small:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-render", action="store_true", help="use the existing report.html as it is")
     args = parser.parse_args(argv)
     if not args.no_render:
-        from poolattn.report import render_report
+        from poolattn.study.report import render_report
 
         render_report(args.folder)
     page = args.folder / "report.html"

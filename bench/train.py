@@ -52,7 +52,7 @@ def records(args: argparse.Namespace):
 
 
 def run_poolattn(args: argparse.Namespace, design: str) -> dict[str, Any]:
-    from poolattn.train import Trainer, load_train_config
+    from poolattn.training import Trainer, load_train_config
 
     attention, pooling = design.split(":")
     with tempfile.TemporaryDirectory() as out:
@@ -174,7 +174,9 @@ def padding_report(args: argparse.Namespace) -> dict[str, int]:
     """Padded tokens per step: one padded batch per column (sentence-transformers) vs length-sorted chunks."""
     from poolattn import EmbeddingModel, assets
     from poolattn.data import DataOrder
-    from poolattn.train import RecipeSection, chunk_overhead, plan_chunks, tokenize_shard
+    from poolattn.training import RecipeSection
+    from poolattn.training.contrastive import chunk_overhead, plan_chunks
+    from poolattn.training.records import tokenize_shard
 
     model = EmbeddingModel.from_backbone(assets.model_path("smollm2"), max_length=args.max_length)
     data = records(args)

@@ -274,29 +274,3 @@ def test_parse_wordnet_lexnames_file_and_bad_line(tmp_path: Path) -> None:
     (tmp_path / "wn" / "lexnames").write_text("adj.all 00\n")
     with pytest.raises(CorpusError, match=r"lexnames, line 1, field 'lexname'"):
         corpora.parse_wordnet(tmp_path / "wn")
-
-
-# ------------------------------------------------------------------------------------ movie dialogs
-
-
-def test_movie_dialog_splits_are_disjoint_and_clean() -> None:
-    train, test = corpora.movie_dialog_pairs("train"), corpora.movie_dialog_pairs("test")
-    assert 3000 < len(test) < 6000 and len(train) > 30000
-    for pairs in (train, test):
-        keys = [(corpora.normalize(s), corpora.normalize(r)) for s, r in pairs]
-        assert len(keys) == len(set(keys))
-        assert all(len(t.split()) >= corpora.MOVIE_MIN_WORDS for pair in pairs for t in pair)
-    test_texts = {corpora.normalize(t) for pair in test for t in pair}
-    assert not test_texts & {corpora.normalize(t) for pair in train for t in pair}
-    assert all(corpora.in_test_split(s, corpora.MOVIE_SALT, corpora.MOVIE_TEST_FRACTION) for s, _ in test)
-    assert corpora.movie_dialog_pairs("test") == test  # deterministic
-    with pytest.raises(ValueError, match="split must be"):
-        corpora.movie_dialog_pairs("dev")  # type: ignore[arg-type]
-
-
-def test_default_training_data_never_overlaps_evaluation() -> None:
-    evaluation = corpora.evaluation_texts()
-    training = {t for pair in corpora.movie_dialog_pairs("train") for t in pair}
-    assert len(evaluation) > 10000
-    assert not training & evaluation
-    assert not {corpora.normalize(t) for t in training} & {corpora.normalize(t) for t in evaluation}

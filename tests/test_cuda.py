@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from test_backbone import CASES, later_token_effect
-from test_train import config_for, make_records
+from training_common import config_for, make_records
 
 from poolattn import EmbeddingModel
 from poolattn.backbone import load_backbone
-from poolattn.train import train
+from poolattn.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from poolattn import data
+from poolattn import corpora, data
 from poolattn.data import (
     DEFAULT_INSTRUCTION,
     DataError,
@@ -182,13 +182,12 @@ PAIRS = [
 @pytest.fixture
 def fake_pairs(monkeypatch):
     """The movie-dialog train split replaced by six pairs (no packaged data needed)."""
-    import poolattn.corpora
 
     def movie_dialog_pairs(split):
         assert split == "train", "training must never read the test split"
         return list(PAIRS)
 
-    monkeypatch.setattr(poolattn.corpora, "movie_dialog_pairs", movie_dialog_pairs)
+    monkeypatch.setattr(data, "movie_dialog_pairs", movie_dialog_pairs)
 
 
 def test_default_training_set_random(fake_pairs):
@@ -235,10 +234,35 @@ def test_real_default_training_set():
     records = default_training_set(n_pairs=200, hard_negatives="mined")
     assert len(records) == 200
     assert all(r.negatives and r.negatives[0] != r.positive for r in records)
-    from poolattn.corpora import movie_dialog_pairs, normalize
+    from poolattn.corpora import normalize
+    from poolattn.data import movie_dialog_pairs
 
     test_texts = {normalize(t) for pair in movie_dialog_pairs("test") for t in pair}
     assert not any(normalize(r.query) in test_texts or normalize(r.positive) in test_texts for r in records)
+
+
+# ------------------------------------------------------------------------------------- movie dialogs
+def test_movie_dialog_splits_are_disjoint_and_clean() -> None:
+    train, test = data.movie_dialog_pairs("train"), data.movie_dialog_pairs("test")
+    assert 3000 < len(test) < 6000 and len(train) > 30000
+    for pairs in (train, test):
+        keys = [(corpora.normalize(s), corpora.normalize(r)) for s, r in pairs]
+        assert len(keys) == len(set(keys))
+        assert all(len(t.split()) >= corpora.MOVIE_MIN_WORDS for pair in pairs for t in pair)
+    test_texts = {corpora.normalize(t) for pair in test for t in pair}
+    assert not test_texts & {corpora.normalize(t) for pair in train for t in pair}
+    assert all(corpora.in_test_split(s, corpora.MOVIE_SALT, corpora.MOVIE_TEST_FRACTION) for s, _ in test)
+    assert data.movie_dialog_pairs("test") == test  # deterministic
+    with pytest.raises(ValueError, match="split must be"):
+        data.movie_dialog_pairs("dev")  # type: ignore[arg-type]
+
+
+def test_default_training_data_never_overlaps_evaluation() -> None:
+    evaluation = data.evaluation_texts()
+    training = {t for pair in data.movie_dialog_pairs("train") for t in pair}
+    assert len(evaluation) > 10000
+    assert not training & evaluation
+    assert not {corpora.normalize(t) for t in training} & {corpora.normalize(t) for t in evaluation}
 
 
 # -------------------------------------------------------------------------------------------- data order

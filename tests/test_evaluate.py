@@ -16,10 +16,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from poolattn import assets, corpora, stats
 from poolattn.evaluate import offline
-from poolattn.evaluate.offline import (
+from poolattn.evaluate.encoders import EmbeddingCache, SentenceTransformerEncoder
+from poolattn.evaluate.scorers import K_VALUES, score_ranking, score_sts, undersample
+from poolattn.evaluate.tasks import (
+    _BUILT,
+    CATEGORIES,
+    QUERY_ONLY,
+    STS_INSTRUCTION,
+    TASKS,
     ClassificationData,
     RetrievalData,
     STSData,
+    Task,
+    data_hash,
+    get_task,
+    list_tasks,
+    n_samples,
+    resolve_instruction,
 )
 
 
@@ -69,17 +82,17 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict],
 
 def test_registry_covers_mteb_categories() -> None:
     by_category: dict[str, list[str]] = {}
-    for task in offline.list_tasks(include_unavailable=True):
+    for task in list_tasks(include_unavailable=True):
         by_category.setdefault(task.category, []).append(task.name)
         assert task.description and task.source and task.split and task.instruction
         assert task.sizes["quick"] <= task.sizes["full"]
-    assert set(by_category) == set(offline.CATEGORIES)
+    assert set(by_category) == set(CATEGORIES)
     for category in ("sts", "classification", "clustering", "retrieval"):
-        assert len([n for n in by_category[category] if not offline.get_task(n).optional]) >= 3
+        assert len([n for n in by_category[category] if not get_task(n).optional]) >= 3
     with pytest.raises(KeyError, match="unknown task 'Nope'; known: LeeDocSTS"):
-        offline.get_task("Nope")
+        get_task("Nope")
     with pytest.raises(ValueError, match="unknown profile"):
-        offline.list_tasks("huge")  # type: ignore[arg-type]
+        list_tasks("huge")  # type: ignore[arg-type]
 
 
 #: Content hashes of every built-in task: the splits and samples are fixed (changing them is deliberate).
@@ -119,10 +132,10 @@ PINNED = {
 }
 
 
-@pytest.mark.parametrize("task", [t for t in offline.TASKS.values() if not t.optional], ids=lambda t: t.name)
-def test_quick_is_a_subset_of_full_and_splits_are_pinned(task: offline.Task) -> None:
+@pytest.mark.parametrize("task", [t for t in TASKS.values() if not t.optional], ids=lambda t: t.name)
+def test_quick_is_a_subset_of_full_and_splits_are_pinned(task: Task) -> None:
     full, quick = task.load("full"), task.load("quick")
-    assert offline.n_samples(quick) <= offline.n_samples(full)
+    assert n_samples(quick) <= n_samples(full)
     assert quick.all_texts() <= full.all_texts()
     if isinstance(full, RetrievalData):
         assert set(quick.query_ids) <= set(full.query_ids) and set(quick.doc_ids) <= set(full.doc_ids)
@@ -132,15 +145,14 @@ def test_quick_is_a_subset_of_full_and_splits_are_pinned(task: offline.Task) -> 
     if isinstance(full, ClassificationData):
         assert quick.train_texts == full.train_texts and not set(full.texts) & set(full.train_texts)
         # quick's n-shot draws are the first draws of full's sequence
-        draws = offline.undersample(full.train_labels, full.n_experiments, full.samples_per_label)
+        draws = undersample(full.train_labels, full.n_experiments, full.samples_per_label)
         assert (
-            offline.undersample(full.train_labels, quick.n_experiments, quick.samples_per_label)
-            == draws[: quick.n_experiments]
+            undersample(full.train_labels, quick.n_experiments, quick.samples_per_label) == draws[: quick.n_experiments]
         )
     if isinstance(full, RetrievalData):
         assert not set(full.queries) & set(full.docs)
     for profile, data in (("full", full), ("quick", quick)):
-        assert offline.data_hash(data) == PINNED[(task.name, profile)], (task.name, profile)
+        assert data_hash(data) == PINNED[(task.name, profile)], (task.name, profile)
 
 
 def test_undersample_matches_mteb() -> None:
@@ -155,7 +167,7 @@ def test_undersample_matches_mteb() -> None:
     for i in range(5):
         _, idxs, chosen = task._undersample_data(dataset, i, idxs)
         expected.append(chosen)
-    assert offline.undersample(labels, 5, 4) == expected
+    assert undersample(labels, 5, 4) == expected
 
 
 # ------------------------------------------------------------------------------------------- scorers
@@ -174,21 +186,21 @@ def test_ranking_scores_by_hand() -> None:
     data = RetrievalData(
         ("q1", "q2"), ("q1", "q2"), ("da", "db", "dc"), ("a", "b", "c"), {"q1": {"da": 1}, "q2": {"da": 1}}
     )
-    score = offline.score_ranking(data, _embed_table(vectors), None, main="ndcg_cut_10")
+    score = score_ranking(data, _embed_table(vectors), None, main="ndcg_cut_10")
     # q1 ranks a first (nDCG 1); q2 ranks b, c, a: relevant at rank 3, nDCG = 1/log2(4)
     assert score.per_sample["score"] == pytest.approx([1.0, 0.5])
     assert score.main == pytest.approx(0.75)
     assert score.metrics["mrr_at_10"] == pytest.approx((1 + 1 / 3) / 2)
     assert score.metrics["recall_at_1"] == pytest.approx(0.5)
     reranked = dataclasses.replace(data, candidates={"q1": ("da", "dc"), "q2": ("da", "db")})
-    score = offline.score_ranking(reranked, _embed_table(vectors), None, main="map_cut_1000")
+    score = score_ranking(reranked, _embed_table(vectors), None, main="map_cut_1000")
     assert score.per_sample["score"] == pytest.approx([1.0, 0.5])
 
 
 def test_sts_score_by_hand() -> None:
     vectors = {"a": [1, 0], "b": [1, 0.2], "c": [0, 1], "d": [1, 1]}
     data = STSData(("p1", "p2", "p3"), ("a", "a", "a"), ("b", "c", "d"), (5.0, 0.0, 3.0), 0.0, 5.0)
-    score = offline.score_sts(data, _embed_table(vectors), None)
+    score = score_sts(data, _embed_table(vectors), None)
     assert score.main == pytest.approx(1.0)
     assert score.per_sample["statistic"] == "spearman" and score.per_sample["gold"] == [5.0, 0.0, 3.0]
 
@@ -200,7 +212,7 @@ def test_encoder_output_is_validated() -> None:
         def encode(self, texts, *, instruction=None):
             return np.ones((len(texts), 4), dtype=np.float32)
 
-    cache = offline.EmbeddingCache(Bad())
+    cache = EmbeddingCache(Bad())
     with pytest.raises(ValueError, match=r"row 0 has norm 2\.0000; rows must be L2-normalised"):
         cache(["a", "b"], None)
 
@@ -233,11 +245,11 @@ def test_main_scores_equal_mteb(quick_results, tmp_path: Path) -> None:
     theirs = _mteb_scores(HashEncoder(), list(ONE_PER_CATEGORY.values()), "quick", tmp_path)  # same embeddings
     for category, name in ONE_PER_CATEGORY.items():
         mine, mteb_score = ours[name], theirs[name]
-        if category in offline.QUERY_ONLY:
+        if category in QUERY_ONLY:
             assert abs(mine["main_score"] - mteb_score["main_score"]) <= 5e-6 + 1e-12, name
             predictions = json.loads((tmp_path / f"{name}_predictions.json").read_text())["default"]["test"]
-            data = offline.get_task(name).load("quick")
-            per_query = calculate_retrieval_scores(predictions, data.qrels, offline.K_VALUES).all_scores
+            data = get_task(name).load("quick")
+            per_query = calculate_retrieval_scores(predictions, data.qrels, K_VALUES).all_scores
             key = "map_cut_1000" if category == "reranking" else "ndcg_cut_10"
             expected = [per_query[q][key] for q in mine["per_sample"]["ids"]]
             np.testing.assert_allclose(mine["per_sample"]["score"], expected, rtol=0, atol=1e-12)
@@ -251,11 +263,11 @@ def test_main_scores_equal_mteb(quick_results, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_every_task_equals_mteb(tmp_path: Path) -> None:
     encoder = HashEncoder()
-    names = [t.name for t in offline.list_tasks()]
+    names = [t.name for t in list_tasks()]
     results = offline.run_suite(encoder, tmp_path / "suite", profile="quick", progress=False)
     theirs = _mteb_scores(encoder, names, "quick")
     for r in results:
-        tolerance = 5e-6 if r["category"] in offline.QUERY_ONLY else 1e-9
+        tolerance = 5e-6 if r["category"] in QUERY_ONLY else 1e-9
         assert abs(r["main_score"] - theirs[r["task"]]["main_score"]) <= tolerance + 1e-12, r["task"]
 
 
@@ -284,12 +296,12 @@ def test_result_files_and_per_sample_recompute_main_score(quick_results) -> None
 
 def test_instructions_queries_only_for_retrieval(quick_results) -> None:
     _, _, encoder = quick_results
-    retrieval = offline.get_task("NewsLeadRetrieval")
+    retrieval = get_task("NewsLeadRetrieval")
     data = retrieval.load("quick")
     seen = {(instruction, text) for instruction, texts in encoder.calls for text in texts}
     assert all((retrieval.instruction, q) in seen for q in data.queries)
     assert all((None, d) in seen for d in data.docs)
-    sts = offline.get_task("WordSim353STS")
+    sts = get_task("WordSim353STS")
     assert all((sts.instruction, t) in seen for t in sts.load("quick").all_texts())
     # every (instruction, text) is encoded once per run
     flat = [(instruction, text) for instruction, texts in encoder.calls for text in texts]
@@ -325,9 +337,9 @@ def test_instruction_overrides(tmp_path: Path) -> None:
     )
     assert result[0]["instruction"] is None
     assert {instruction for instruction, _ in encoder.calls} == {None}
-    task = offline.get_task("SimLex999STS")
-    assert offline.resolve_instruction(task, {"sts": "Category instruction"}) == "Category instruction"
-    assert offline.resolve_instruction(task) == offline.STS_INSTRUCTION
+    task = get_task("SimLex999STS")
+    assert resolve_instruction(task, {"sts": "Category instruction"}) == "Category instruction"
+    assert resolve_instruction(task) == STS_INSTRUCTION
 
 
 def test_summarize_and_table(quick_results, capsys: pytest.CaptureFixture[str]) -> None:
@@ -335,7 +347,7 @@ def test_summarize_and_table(quick_results, capsys: pytest.CaptureFixture[str]) 
 
     results, _, _ = quick_results
     summary = offline.summarize(results)
-    assert list(summary) == list(offline.CATEGORIES)
+    assert list(summary) == list(CATEGORIES)
     assert summary["sts"] == pytest.approx(results[0]["main_score"])
     offline.print_summary(results, console=Console(width=140, force_terminal=False))
     printed = capsys.readouterr().out
@@ -344,7 +356,7 @@ def test_summarize_and_table(quick_results, capsys: pytest.CaptureFixture[str]) 
 
 def test_unknown_task_and_unavailable_wordnet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(assets, "wordnet_dir", lambda: None)
-    assert "WordNetGlossRetrieval" not in [t.name for t in offline.list_tasks()]
+    assert "WordNetGlossRetrieval" not in [t.name for t in list_tasks()]
     with pytest.raises(ValueError, match="need WordNet"):
         offline.run_suite(HashEncoder(), tmp_path, tasks=["WordNetGlossRetrieval"], progress=False)
     with pytest.raises(KeyError, match="unknown task"):
@@ -368,9 +380,9 @@ def test_wordnet_tasks_when_installed(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (folder / f"data.{pos}").write_text("")
     monkeypatch.setattr(assets, "wordnet_dir", lambda: folder)
     corpora.wordnet_senses.cache_clear()
-    offline._BUILT.clear()
+    _BUILT.clear()
     try:
-        names = [t.name for t in offline.list_tasks()]
+        names = [t.name for t in list_tasks()]
         assert {"WordNetGlossRetrieval", "WordNetLexnameClustering"} <= set(names)
         results = offline.run_suite(
             HashEncoder(), tmp_path / "out", tasks=["WordNetGlossRetrieval", "WordNetLexnameClustering"], progress=False
@@ -378,24 +390,24 @@ def test_wordnet_tasks_when_installed(monkeypatch: pytest.MonkeyPatch, tmp_path:
         retrieval, clustering = results
         assert retrieval["n_samples"] == 24 and clustering["n_samples"] == 24
         assert 0 < retrieval["main_score"] <= 1 and 0 <= clustering["main_score"] <= 1
-        data = offline.get_task("WordNetGlossRetrieval").load()
+        data = get_task("WordNetGlossRetrieval").load()
         docs = dict(zip(data.doc_ids, data.docs, strict=True))
         for qid, query in zip(data.query_ids, data.queries, strict=True):
             (relevant,) = data.qrels[qid]
             assert query.split()[1] in docs[relevant].split()  # an example is paired with its own definition
-        assert set(offline.get_task("WordNetLexnameClustering").load().labels) == {"noun.animal", "noun.food"}
+        assert set(get_task("WordNetLexnameClustering").load().labels) == {"noun.animal", "noun.food"}
     finally:
         corpora.wordnet_senses.cache_clear()
-        offline._BUILT.clear()
+        _BUILT.clear()
 
 
 @pytest.mark.slow
 def test_sentence_transformer_peer(tmp_path: Path) -> None:
-    encoder = offline.SentenceTransformerEncoder(assets.peer_path("minilm"), name="minilm")
+    encoder = SentenceTransformerEncoder(assets.peer_path("minilm"), name="minilm")
     vecs = encoder.encode(["a cat sat on the mat", "a dog sat on the rug"], instruction="ignored")
     assert vecs.shape == (2, 384) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    templated = offline.SentenceTransformerEncoder(encoder.model, instruction_template="{instruction}: {text}")
+    templated = SentenceTransformerEncoder(encoder.model, instruction_template="{instruction}: {text}")
     assert not np.allclose(templated.encode(["a cat"], instruction="Classify"), encoder.encode(["a cat"]))
     result = offline.run_suite(encoder, tmp_path, tasks=["WordSim353STS"], profile="quick", progress=False)[0]
     assert result["main_score"] > 0.5  # a trained peer ranks word relatedness well

@@ -148,8 +148,10 @@ def test_save_load_lora_and_full_weights(make, tmp_path):
 def test_sentence_transformers_export_gives_same_vectors(make, tmp_path, pooling):
     from sentence_transformers import SentenceTransformer
 
+    from poolattn.st_export import export
+
     model = make(pooling, "bidirectional")
-    model.export_sentence_transformers(tmp_path / "st")
+    export(model, tmp_path / "st")
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu", trust_remote_code=True)
     np.testing.assert_allclose(st.encode(TEXTS), model.encode(TEXTS), rtol=0, atol=1e-6)
     np.testing.assert_allclose(

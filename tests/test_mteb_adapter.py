@@ -14,7 +14,7 @@ import pytest
 from mteb.types import PromptType
 from test_evaluate import HashEncoder
 
-from poolattn.evaluate import offline
+from poolattn.evaluate import evaluate_model, offline
 from poolattn.evaluate.mteb_adapter import (
     DEFAULT_INSTRUCTIONS,
     PAPER_TASKS,
@@ -22,6 +22,7 @@ from poolattn.evaluate.mteb_adapter import (
     as_mteb_task,
     run_mteb,
 )
+from poolattn.evaluate.tasks import get_task
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,7 @@ def test_instruction_resolution() -> None:
     assert model.instruction_for(scifact, PromptType.query) == "Custom"
     assert model.instruction_for(reddit, None) is None
     offline_task = as_mteb_task("NewsLeadRetrieval").metadata
-    expected = offline.get_task("NewsLeadRetrieval").instruction
+    expected = get_task("NewsLeadRetrieval").instruction
     assert model.instruction_for(offline_task, PromptType.query) == expected
     assert model.mteb_model_meta.name == "poolattn/hash-bow"
 
@@ -81,16 +82,58 @@ def test_run_mteb_offline_matches_the_offline_suite(tmp_path: Path) -> None:
         records[1]["main_score"]
     )
     # retrieval documents are encoded without an instruction, queries with the task's
-    data = offline.get_task("NewsLeadRetrieval").load("quick")
+    data = get_task("NewsLeadRetrieval").load("quick")
     seen = {(instruction, text) for instruction, texts in encoder.calls for text in texts}
     assert all((None, d) in seen for d in data.docs)
-    assert all((offline.get_task("NewsLeadRetrieval").instruction, q) in seen for q in data.queries)
+    assert all((get_task("NewsLeadRetrieval").instruction, q) in seen for q in data.queries)
     # mteb's result cache in output_dir/mteb makes a second run skip the finished tasks
     calls = len(encoder.calls)
     again = run_mteb(encoder, [as_mteb_task(n) for n in names], None, tmp_path / "mteb", progress=False)
     assert len(encoder.calls) == calls
     # (mteb stores scores rounded)
     assert [r["main_score"] for r in again] == pytest.approx([r["main_score"] for r in records], abs=1e-5)
+
+
+def test_evaluate_model_dispatches_both_suites_under_the_precision(tmp_path: Path) -> None:
+    import torch
+
+    class AutocastProbe(HashEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.autocast: set[bool] = set()
+
+        def encode(self, texts, *, instruction=None):
+            self.autocast.add(torch.is_autocast_enabled("cpu"))
+            return super().encode(texts, instruction=instruction)
+
+    labels = {"model_id": "probe", "config_hash": "h1", "progress": False}
+    encoder = AutocastProbe()
+    offline_results = evaluate_model(
+        encoder,
+        tmp_path / "offline",
+        suite="offline",
+        precision="bf16",
+        device="cpu",
+        tasks=["WordSim353STS"],
+        profile="quick",
+        **labels,
+    )
+    assert encoder.autocast == {True}
+    assert offline_results[0]["model_id"] == "probe" and offline_results[0]["config_hash"] == "h1"
+    encoder = AutocastProbe()
+    records = evaluate_model(
+        encoder,
+        tmp_path / "mteb",
+        suite="mteb",
+        precision="fp32",
+        device="cpu",
+        tasks=[as_mteb_task("WordSim353STS")],
+        **labels,
+    )
+    assert encoder.autocast == {False}
+    assert records[0]["model_id"] == "poolattn/probe" and records[0]["config_hash"] == "h1"
+    with pytest.raises(ValueError, match="unknown suite 'online'"):
+        evaluate_model(encoder, tmp_path, suite="online", precision="fp32", device="cpu")
 
 
 def test_mteb_encoder_returns_the_encoders_vectors() -> None:

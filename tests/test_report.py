@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poolattn import report, stats
+from poolattn import stats
+from poolattn.study.report import fmt, fmt_p, render_report
+from poolattn.study.results import PAPER_DELTAS, average_per_sample
 
 DESIGNS = {
     "M1": ("causal", "eos"),
@@ -153,7 +155,7 @@ def hand_category_means(folder: Path, design: str, seeds: tuple[int, ...] = (0,)
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     folder = make_study(tmp_path / "study")
-    report.render_report(folder)
+    render_report(folder)
     return folder
 
 
@@ -225,12 +227,12 @@ def test_per_dataset_rows(study: Path) -> None:
 def test_category_resampling_exact_cases() -> None:
     rng = np.random.default_rng(0)
     a = {"statistic": "mean", "ids": list(range(30)), "score": rng.uniform(size=30).tolist()}
-    same = report.category_resampling([(a, a), (a, a)], n_resamples=200, seed=1, confidence=0.95)
+    same = stats.compare_category([(a, a), (a, a)], n_resamples=200, seed=1, confidence=0.95)
     assert same["diff"] == 0 and same["pvalue"] == 1.0 and same["ci_low"] == same["ci_high"] == 0
     shifted = {**a, "score": [s + 0.5 for s in a["score"]]}
     rho = {"statistic": "spearman", "ids": list(range(30)), "prediction": a["score"], "gold": list(range(30))}
     rho_b = {**rho, "prediction": list(range(30))}
-    out = report.category_resampling([(a, shifted), (rho, rho_b)], n_resamples=200, seed=1, confidence=0.9)
+    out = stats.compare_category([(a, shifted), (rho, rho_b)], n_resamples=200, seed=1, confidence=0.9)
     expected = (0.5 + (1.0 - stats.score_from_samples(rho))) / 2
     assert out["diff"] == pytest.approx(expected)
     assert out["pvalue"] == pytest.approx(1 / 201)  # no sign pattern reaches a constant +0.5 shift
@@ -239,7 +241,7 @@ def test_category_resampling_exact_cases() -> None:
 
 def test_seeds_are_averaged(tmp_path: Path) -> None:
     folder = make_study(tmp_path / "seeds", seeds=(0, 1))
-    report.render_report(folder)
+    render_report(folder)
     results = json.loads((folder / "results.json").read_text())
     for design in DESIGNS:
         means = hand_category_means(folder, design, (0, 1))
@@ -251,7 +253,7 @@ def test_seeds_are_averaged(tmp_path: Path) -> None:
     assert "### Seeds" in (folder / "report.md").read_text()
     ps = [{"statistic": "mean", "ids": ["a", "b"], "score": [0.0, 1.0]},
           {"statistic": "mean", "ids": ["b", "a"], "score": [0.5, 0.25]}]  # fmt: skip
-    np.testing.assert_allclose(report.average_per_sample(ps)["score"], [0.125, 0.75])
+    np.testing.assert_allclose(average_per_sample(ps)["score"], [0.125, 0.75])
 
 
 def test_paper_directions_are_computed(study: Path) -> None:
@@ -261,7 +263,7 @@ def test_paper_directions_are_computed(study: Path) -> None:
     table = results["table1"]
     for row in rows:
         ours = table[row["design"]][row["category"]]["delta"]
-        assert row["agree"] == ((ours > 0) == (report.PAPER_DELTAS[row["paper_design"]][row["category"]][0] > 0))
+        assert row["agree"] == ((ours > 0) == (PAPER_DELTAS[row["paper_design"]][row["category"]][0] > 0))
     n_agree = sum(r["agree"] for r in rows)
     markdown = (study / "report.md").read_text()
     assert f"agrees with the paper in **{n_agree} of {len(rows)}**" in markdown
@@ -285,7 +287,7 @@ def test_layer_section(study: Path) -> None:
 
 def test_missing_cells_and_layers(tmp_path: Path) -> None:
     folder = make_study(tmp_path / "partial", layers=False, missing="M4-s0")
-    report.render_report(folder)
+    render_report(folder)
     markdown = (folder / "report.md").read_text()
     assert "**Not finished yet:** M4-s0" in markdown
     assert "M4" not in table1_rows(markdown)
@@ -295,11 +297,11 @@ def test_missing_cells_and_layers(tmp_path: Path) -> None:
 def test_reference_must_be_finished(tmp_path: Path) -> None:
     folder = make_study(tmp_path / "noref", missing="M1-s0")
     with pytest.raises(ValueError, match="reference design 'M1' has no finished cell"):
-        report.render_report(folder)
+        render_report(folder)
     with pytest.raises(FileNotFoundError, match="not a study folder"):
-        report.render_report(tmp_path)
+        render_report(tmp_path)
 
 
 def test_number_formatting() -> None:
-    assert report.fmt(0.123456) == "0.1235" and report.fmt(-0.01, signed=True) == "-0.0100"
-    assert report.fmt(math.nan) == "n/a" and report.fmt_p(0.0004) == "4.0e-04" and report.fmt_p(0.0312) == "0.031"
+    assert fmt(0.123456) == "0.1235" and fmt(-0.01, signed=True) == "-0.0100"
+    assert fmt(math.nan) == "n/a" and fmt_p(0.0004) == "4.0e-04" and fmt_p(0.0312) == "0.031"

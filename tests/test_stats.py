@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 import scipy.stats
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
@@ -449,6 +450,120 @@ def test_compare_within_dataset():
     assert (report["ci_low"], report["ci_high"]) == (bootstrap.ci_low, bootstrap.ci_high)
     assert report["pvalue"] == permutation.pvalue and report["p_method"] == "permutation-random"
     assert report["score_a"] == stats.score_from_samples(a)
+
+
+# --------------------------------------------------------------------------------------------------------
+# compare_category: a category's mean difference, resampled within each dataset
+# --------------------------------------------------------------------------------------------------------
+
+
+def _category_pairs(seed: int) -> list[tuple[dict, dict]]:
+    return [
+        _design_pair("mean", 30, 1 + seed),
+        _design_pair("spearman", 12, 2 + seed),
+        _design_pair("average_precision", 10, 3 + seed),
+    ]
+
+
+def _category_reference(pairs, n_resamples: int, seed: int, confidence: float, chunk: int = 250) -> dict:
+    """The category test spelled out one resample at a time with score_from_samples (no tie tolerance)."""
+    rng = np.random.default_rng(seed)
+    observed, permuted, booted = 0.0, np.zeros(n_resamples), np.zeros(n_resamples)
+    for a, b in pairs:
+        field = "score" if a["statistic"] == "mean" else "prediction"
+        n = len(a["ids"])
+        observed += stats.score_from_samples(b) - stats.score_from_samples(a)
+        for start in range(0, n_resamples, chunk):
+            rows = min(chunk, n_resamples - start)
+            swap = rng.random((rows, n)) < 0.5
+            index = rng.integers(0, n, size=(rows, n))
+            for r in range(rows):
+                values_a, values_b = np.asarray(a[field]), np.asarray(b[field])
+                swapped_a = {**a, field: np.where(swap[r], values_b, values_a)}
+                swapped_b = {**b, field: np.where(swap[r], values_a, values_b)}
+                permuted[start + r] += stats.score_from_samples(swapped_b) - stats.score_from_samples(swapped_a)
+                booted[start + r] += stats.score_from_samples(b, index[r]) - stats.score_from_samples(a, index[r])
+    k = len(pairs)
+    observed, permuted, booted = observed / k, permuted / k, booted / k
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(booted, [tail, 100 - tail])
+    extreme = np.count_nonzero(np.abs(permuted) >= abs(observed))
+    return {"diff": observed, "ci_low": low, "ci_high": high, "pvalue": (1 + extreme) / (1 + n_resamples)}
+
+
+@pytest.mark.filterwarnings("ignore:No positive class found")  # a bootstrap resample without positives
+@pytest.mark.parametrize("seed", [0, 3])
+def test_compare_category_matches_a_resample_by_resample_reference(seed):
+    pairs = _category_pairs(seed)
+    result = stats.compare_category(pairs, n_resamples=120, seed=seed, confidence=0.9, chunk=50)
+    reference = _category_reference(pairs, n_resamples=120, seed=seed, confidence=0.9, chunk=50)
+    assert result["n_resamples"] == 120
+    assert result["pvalue"] == reference["pvalue"]
+    for key in ("diff", "ci_low", "ci_high"):
+        assert result[key] == pytest.approx(reference[key], rel=1e-12, abs=1e-14)
+
+
+def test_compare_category_keeps_table_1_numbers():
+    """Continuous scores (no tie involved): the numbers Table 1 has been reporting for this input."""
+    result = stats.compare_category(_category_pairs(3), n_resamples=300, seed=7, confidence=0.9)
+    assert result["pvalue"] == 59 / 301
+    assert result["diff"] == pytest.approx(0.09950619570160953, rel=1e-12)
+    assert result["ci_low"] == pytest.approx(0.01968063577099521, rel=1e-12)
+    assert result["ci_high"] == pytest.approx(0.2383979603821846, rel=1e-12)
+    one = stats.compare_category(_category_pairs(0)[:1], n_resamples=300, seed=7, confidence=0.9)
+    assert one["pvalue"] == pytest.approx(0.7807308970099668, abs=1e-15)
+    assert (one["diff"], one["ci_low"]) == pytest.approx((0.011442173552925983, -0.052646011895746525), rel=1e-12)
+
+
+def test_compare_category_rejects_bad_arguments():
+    a, b = _design_pair("mean", 10, seed=1)
+    with pytest.raises(ValueError, match="no datasets"):
+        stats.compare_category([])
+    with pytest.raises(ValueError, match="n_resamples"):
+        stats.compare_category([(a, b)], n_resamples=0)
+    with pytest.raises(ValueError, match="confidence"):
+        stats.compare_category([(a, b)], confidence=95)
+    with pytest.raises(ValueError, match="different ids"):
+        stats.compare_category([(a, _mean_samples([0.5] * 9))])
+
+
+@FAST
+@given(
+    datasets=st.lists(
+        st.lists(st.tuples(st.integers(0, 10), st.integers(0, 10)), min_size=1, max_size=4), min_size=1, max_size=3
+    ),
+    seed=st.integers(0, 1000),
+)
+def test_compare_category_property_matches_scipy(datasets, seed):
+    """Swapping within pairs of all samples at once is scipy's paired ("samples") permutation test of the
+    category's mean Δ; with at most 12 samples scipy enumerates every pattern, and the random p-value must
+    lie within Monte-Carlo error of that exact one. Scores on a 0.1 grid give zero differences and tied
+    statistics, which both count with the same relative tolerance. Swapping the designs negates Δ, keeps p."""
+    assume(sum(map(len, datasets)) >= 2)  # scipy needs two pairs
+    pairs = [(_mean_samples([s[0] / 10 for s in d]), _mean_samples([s[1] / 10 for s in d])) for d in datasets]
+    bounds = np.cumsum([0] + [len(d) for d in datasets])
+
+    def category_delta(x, y, axis=-1):
+        total = 0.0
+        for start, stop in itertools.pairwise(bounds):
+            total = total + (np.mean(y[..., start:stop], axis=-1) - np.mean(x[..., start:stop], axis=-1))
+        return total / len(datasets)
+
+    x = np.array([s[0] / 10 for d in datasets for s in d])
+    y = np.array([s[1] / 10 for d in datasets for s in d])
+    exact = scipy.stats.permutation_test(
+        (x, y), category_delta, permutation_type="samples", vectorized=True, n_resamples=np.inf
+    )
+    n_resamples = 2000
+    result = stats.compare_category(pairs, n_resamples=n_resamples, seed=seed)
+    assert result["diff"] == pytest.approx(float(exact.statistic), abs=1e-15)
+    p = float(exact.pvalue)
+    assert abs(result["pvalue"] - p) <= 5 * math.sqrt(p * (1 - p) / n_resamples) + 2 / (n_resamples + 1)
+    backward = stats.compare_category([(b, a) for a, b in pairs], n_resamples=n_resamples, seed=seed)
+    assert backward["diff"] == -result["diff"] and backward["pvalue"] == result["pvalue"]
+    assert (backward["ci_low"], backward["ci_high"]) == pytest.approx(
+        (-result["ci_high"], -result["ci_low"]), abs=1e-12
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -408,6 +408,18 @@ def peer_path(name: str = "minilm") -> Path:
     return wheel_dir(name) / asset.folder
 
 
+#: Names of the packaged backbones accepted wherever a backbone is named (``default`` is SmolLM2-135M).
+BACKBONE_ALIASES = {"default": "smollm2", "smollm2": "smollm2", "gemma3": "gemma3"}
+
+
+def resolve_backbone(spec: str) -> str:
+    """A packaged backbone's converted folder for ``default``, ``smollm2`` or ``gemma3``; anything else (a hub id
+    or a local folder) unchanged."""
+    if spec in BACKBONE_ALIASES:
+        return str(model_path(BACKBONE_ALIASES[spec]))
+    return spec
+
+
 def model_path(name: str = "smollm2") -> Path:
     """A plain Hugging Face folder (config, safetensors, tokenizer) converted once from the GGUF."""
     asset = _asset(name, "model")

@@ -199,17 +199,23 @@ def encode(
     )
 )
 def train(
-    config: Annotated[Path, typer.Argument(help="TOML file: model, data and recipe")],
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML file: model, data and recipe (default: the built-in defaults)")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a design contrastively (LoRA, full or head-only); writes a folder `EmbeddingModel.load` reads."""
-    from .data import DataError
-    from .train import TrainingDiverged, load_train_config
-    from .train import train as run_training
+    import logging
 
+    from .data import DataError
+    from .training import TrainingDiverged, load_train_config
+    from .training import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_train_config(config, list(set_ or []))
-        result = run_training(cfg)
+        result = run_training(cfg, progress=not no_progress)
     except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
         fail(str(err))
     from accelerate import PartialState
@@ -246,17 +252,19 @@ def evaluate(
     compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP + " (poolattn models only)")] = False,
 ) -> None:
     """Score a model on the offline suite (real shipped data, MTEB metrics) or on the real MTEB."""
-    from .evaluate import offline
+    from .evaluate import SUITES, evaluate_model
+    from .evaluate.encoders import SentenceTransformerEncoder
+    from .evaluate.offline import print_summary
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    if suite not in ("offline", "mteb"):
+    if suite not in SUITES:
         fail(f"unknown --suite {suite!r}; choose offline or mteb")
     check_precision(precision)
     if format == "sentence-transformers":
         from . import assets
 
         path = str(assets.peer_path("minilm")) if model == "minilm" else model
-        encoder = offline.SentenceTransformerEncoder(path)
+        encoder = SentenceTransformerEncoder(path)
         model_id, config_hash = Path(path).name, None
         device, precision = "cpu", "fp32"  # peers are scored as published: float32
     elif format == "poolattn":
@@ -269,18 +277,20 @@ def evaluate(
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
     else:
         fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
-    from .backbone import autocast_precision
-
-    with autocast_precision(precision, device):
-        if suite == "offline":
-            results = offline.run_suite(
-                encoder, output, tasks=task_list, profile=profile, model_id=model_id, config_hash=config_hash
-            )
-            offline.print_summary(results)
-        else:
-            from .evaluate.mteb_adapter import run_mteb
-
-            run_mteb(encoder, tasks=task_list, benchmark=benchmark, output_dir=output)
+    results = evaluate_model(
+        encoder,
+        output,
+        suite=suite,
+        precision=precision,
+        device=device,
+        tasks=task_list,
+        benchmark=benchmark,
+        profile=profile,
+        model_id=model_id,
+        config_hash=config_hash,
+    )
+    if suite == "offline":
+        print_summary(results)
     console.print(f"results in {output}")
 
 
@@ -301,8 +311,8 @@ def experiment(
 ) -> None:
     """Run a controlled design study: train every design, evaluate, test significance, write the report."""
     from .data import DataError
-    from .experiment import StudyError, run_experiment
-    from .train import TrainingDiverged
+    from .study import StudyError, run_experiment
+    from .training import TrainingDiverged
 
     try:
         report = run_experiment(config, output, overrides=list(set_ or []))
@@ -314,7 +324,7 @@ def experiment(
 @app.command(epilog="**Example**\n\n    poolattn report runs/default")
 def report(folder: Annotated[Path, typer.Argument(help="a study folder written by `poolattn experiment`")]) -> None:
     """Re-render a study's report (Markdown + HTML) from its stored results."""
-    from .report import render_report
+    from .study.report import render_report
 
     try:
         path = render_report(folder)
@@ -368,8 +378,9 @@ def export_st(
     pooling: Annotated[str | None, typer.Option(help="pooling design (backbones only)")] = None,
 ) -> None:
     """Export a model as a sentence-transformers folder (load it with `trust_remote_code=True`)."""
-    m = open_model(model, attention=attention, pooling=pooling)
-    m.export_sentence_transformers(output)
+    from .st_export import export
+
+    export(open_model(model, attention=attention, pooling=pooling), output)
     console.print(f"sentence-transformers folder written to {output}")
 
 

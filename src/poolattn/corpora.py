@@ -11,8 +11,8 @@ subsample of size *n* is the first *n* items in :func:`hash_order`, so a smaller
 subset of a larger one.
 
 The movie-dialog pairs are both an evaluation source (their test split) and the default training data
-(:func:`movie_dialog_pairs` ``("train")``); the training split drops every pair that shares a text with
-the test split or with any evaluation task (:func:`evaluation_texts`).
+(:func:`movie_dialog_split`); :mod:`poolattn.data` makes the training split from the train side by dropping
+every pair that shares a text with the test split or with any evaluation task.
 """
 
 from __future__ import annotations
@@ -447,26 +447,15 @@ def _long_enough(text: str) -> bool:
 def _movie_split(split: Split) -> tuple[tuple[str, str], ...]:
     pairs = [p for p in movie_dialog() if _long_enough(p[0]) and _long_enough(p[1])]
     pairs = dedupe(pairs, lambda p: f"{p[0]}\x00{p[1]}")
-    test = [p for p in pairs if in_test_split(p[0], MOVIE_SALT, MOVIE_TEST_FRACTION)]
-    if split == "test":
-        return tuple(test)
-    # optional (WordNet) tasks drop movie-dialog texts themselves, so training never depends on them
-    blocked = {normalize(t) for pair in test for t in pair} | {normalize(t) for t in _evaluation_texts(False)}
-    return tuple(
-        p
-        for p in pairs
-        if not in_test_split(p[0], MOVIE_SALT, MOVIE_TEST_FRACTION)
-        and normalize(p[0]) not in blocked
-        and normalize(p[1]) not in blocked
-    )
+    return tuple(p for p in pairs if in_test_split(p[0], MOVIE_SALT, MOVIE_TEST_FRACTION) == (split == "test"))
 
 
-def movie_dialog_pairs(split: Split) -> list[tuple[str, str]]:
-    """Deduplicated (statement, reply) pairs of one split; both lines have at least 3 words.
+def movie_dialog_split(split: Split) -> list[tuple[str, str]]:
+    """Deduplicated (statement, reply) pairs of one side of the fixed split; both lines have at least 3 words.
 
-    The test split holds the statements whose stable hash falls in the first 10 %; the train split the
-    rest, minus every pair that shares a (normalised) text with the test split or with any evaluation
-    task, so default training never sees evaluation text.
+    The test side holds the statements whose stable hash falls in the first 10 %, the train side the rest.
+    The train side still shares texts with the test side and the evaluation tasks:
+    :func:`poolattn.data.movie_dialog_pairs` gives the training split, with those pairs removed.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -594,23 +583,3 @@ def wordnet_senses() -> tuple[WordNetSense, ...]:
     if folder is None:
         raise CorpusError("WordNet is not installed (Debian package wordnet-base, /usr/share/wordnet)")
     return parse_wordnet(folder)
-
-
-# ------------------------------------------------------------------------------ evaluation overlap
-
-
-def evaluation_texts() -> set[str]:
-    """Every text any available evaluation task uses in the full profile (queries, documents, pairs,
-    classification training pools); the quick profile uses a subset."""
-    return set(_evaluation_texts(True))
-
-
-@cache
-def _evaluation_texts(optional: bool) -> frozenset[str]:
-    from .evaluate.offline import TASKS
-
-    texts: set[str] = set()
-    for task in TASKS.values():
-        if task.available() and (optional or not task.optional):
-            texts.update(task.load("full").all_texts())
-    return frozenset(texts)

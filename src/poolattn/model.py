@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from . import __version__
+from ._version import __version__
 from .backbone import check_attention, decoder_layers, load_backbone, resolve_dtype, run_backbone
 from .dropout import speed_up_dropout
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
@@ -494,12 +494,6 @@ class EmbeddingModel(nn.Module):
         model.pooler.load_state_dict(load_file(folder / POOLER_FILE))
         model.backbone_trained = storage == "weights"
         return model.eval()
-
-    def export_sentence_transformers(self, folder: str | os.PathLike[str]) -> Path:
-        """Write a folder that ``SentenceTransformer(folder)`` loads and that embeds exactly like this model."""
-        from .st_export import export
-
-        return export(self, Path(folder))
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""Run any poolattn :class:`~poolattn.evaluate.offline.Encoder` through mteb 2 (``mteb.evaluate``).
+"""Run any poolattn :class:`~poolattn.evaluate.encoders.Encoder` through mteb 2 (``mteb.evaluate``).
 
 :class:`MTEBEncoder` puts an encoder behind mteb's ``EncoderProtocol`` with the paper's per-task
 instructions (e5-mistral's, :data:`DEFAULT_INSTRUCTIONS`): documents of retrieval and reranking tasks are
@@ -44,8 +44,19 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from . import offline
-from .offline import Encoder, Profile, write_json_atomic
+from ..io import SCORE_PACKAGES, package_versions, write_json_atomic
+from .encoders import Encoder
+from .tasks import (
+    QUERY_ONLY,
+    ClassificationData,
+    ClusteringData,
+    PairData,
+    Profile,
+    RetrievalData,
+    STSData,
+    Task,
+    get_task,
+)
 
 #: The paper's MTEB evaluation (PAPER.md, "Evaluation"): mteb 2 task names by category.
 PAPER_TASKS: dict[str, list[str]] = {
@@ -231,14 +242,14 @@ def _columns(**splits: Mapping[str, Sequence[Any]]) -> DatasetDict:
     )
 
 
-def _sts_form(data: offline.STSData) -> _MTEBForm:
+def _sts_form(data: STSData) -> _MTEBForm:
     dataset = _columns(test={"sentence1": data.texts1, "sentence2": data.texts2, "score": data.gold})
     return _MTEBForm(
         AbsTaskSTS, "STS", "cosine_spearman", {"min_score": data.min_score, "max_score": data.max_score}, dataset
     )
 
 
-def _classification_form(data: offline.ClassificationData) -> _MTEBForm:
+def _classification_form(data: ClassificationData) -> _MTEBForm:
     dataset = _columns(
         train={"text": data.train_texts, "label": data.train_labels},
         test={"text": data.texts, "label": data.labels},
@@ -247,7 +258,7 @@ def _classification_form(data: offline.ClassificationData) -> _MTEBForm:
     return _MTEBForm(AbsTaskClassification, "Classification", "accuracy", attributes, dataset)
 
 
-def _clustering_form(data: offline.ClusteringData) -> _MTEBForm:
+def _clustering_form(data: ClusteringData) -> _MTEBForm:
     attributes = {  # embed every document; bootstrap samples of cluster_size, as the offline scorer does
         "max_fraction_of_documents_to_embed": None,
         "max_document_to_embed": None,
@@ -258,13 +269,13 @@ def _clustering_form(data: offline.ClusteringData) -> _MTEBForm:
     return _MTEBForm(AbsTaskClustering, "Clustering", "v_measure", attributes, dataset)
 
 
-def _pair_form(data: offline.PairData) -> _MTEBForm:
+def _pair_form(data: PairData) -> _MTEBForm:
     dataset = _columns(test={"sentence1": data.texts1, "sentence2": data.texts2, "labels": data.labels})
     # cosine_ap: the offline main score (mteb's similarity_ap for a cosine model, up to float ties)
     return _MTEBForm(AbsTaskPairClassification, "PairClassification", "cosine_ap", {}, dataset)
 
 
-def _retrieval_form(data: offline.RetrievalData) -> _MTEBForm:
+def _retrieval_form(data: RetrievalData) -> _MTEBForm:
     split = RetrievalSplitData(
         queries=Dataset.from_dict({"id": list(data.query_ids), "text": list(data.queries)}),
         corpus=Dataset.from_dict({"id": list(data.doc_ids), "text": list(data.docs)}),
@@ -277,18 +288,16 @@ def _retrieval_form(data: offline.RetrievalData) -> _MTEBForm:
 
 
 _FORMS: dict[type, Any] = {
-    offline.STSData: _sts_form,
-    offline.ClassificationData: _classification_form,
-    offline.ClusteringData: _clustering_form,
-    offline.PairData: _pair_form,
-    offline.RetrievalData: _retrieval_form,
+    STSData: _sts_form,
+    ClassificationData: _classification_form,
+    ClusteringData: _clustering_form,
+    PairData: _pair_form,
+    RetrievalData: _retrieval_form,
 }
 
 
-def _metadata(task: offline.Task, mteb_type: str, main_score: str) -> TaskMetadata:
-    prompt: str | dict[str, str] = (
-        {"query": task.instruction} if task.category in offline.QUERY_ONLY else task.instruction
-    )
+def _metadata(task: Task, mteb_type: str, main_score: str) -> TaskMetadata:
+    prompt: str | dict[str, str] = {"query": task.instruction} if task.category in QUERY_ONLY else task.instruction
     return TaskMetadata(
         name=task.name,
         description=f"{task.description} Source: {task.source}. Split: {task.split}.",
@@ -314,7 +323,7 @@ def _metadata(task: offline.Task, mteb_type: str, main_score: str) -> TaskMetada
 
 def as_mteb_task(name: str, profile: Profile = "quick") -> AbsTask:
     """Offline task ``name`` (its data under ``profile``) as an mteb 2 task, evaluated by mteb's own code."""
-    task = offline.get_task(name)
+    task = get_task(name)
     form = _FORMS[type(data := task.load(profile))](data)
 
     def load_data(self: AbsTask, num_proc: int | None = None, **kwargs: Any) -> None:
@@ -370,7 +379,7 @@ def run_mteb(
         show_progress_bar=progress,
     )
     meta = {t.metadata.name: t.metadata for t in selected}
-    versions = offline.library_versions()
+    versions = package_versions(SCORE_PACKAGES)
     records = []
     for result in results.task_results:
         task_meta = meta[result.task_name]

@@ -1,0 +1,122 @@
+"""Encoders as the evaluation sees them, and the per-run embedding cache that validates what they return.
+
+Any object with a ``name`` and ``encode(texts, *, instruction=None)`` returning an (N, D) float32 array of
+L2-normalised rows is an :class:`Encoder` (an ``EmbeddingModel``, or a sentence-transformers model via
+:class:`SentenceTransformerEncoder`). Instructions (e5-mistral style) are prepended by the encoder itself.
+Embeddings are cached per (instruction, text) within a run and shared by the tasks that need them
+(:class:`EmbeddingCache`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+NORM_TOLERANCE = 1e-3
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the suite calls: ``encode`` returns an (N, D) float32 array of L2-normalised rows."""
+
+    name: str
+
+    def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray: ...
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model (e.g. the all-MiniLM-L6-v2 peer) behind the :class:`Encoder` protocol.
+
+    ``instruction_template`` (e.g. ``"Instruct: {instruction}\\nQuery: {text}"``) formats instructions
+    into the text; ``None`` (the default) ignores them, as models not trained with instructions expect.
+    """
+
+    def __init__(
+        self,
+        model_or_path: Any,
+        *,
+        name: str | None = None,
+        instruction_template: str | None = None,
+        max_seq_length: int | None = 256,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        if isinstance(model_or_path, str | os.PathLike):
+            self.model = SentenceTransformer(str(model_or_path), device=device)
+            self.name = name or Path(model_or_path).name
+        else:
+            self.model = model_or_path
+            self.name = name or type(model_or_path).__name__
+        if max_seq_length is not None:
+            self.model.max_seq_length = max_seq_length
+        if instruction_template is not None and "{text}" not in instruction_template:
+            raise ValueError("instruction_template must contain '{text}' (and usually '{instruction}')")
+        self.instruction_template = instruction_template
+        self.batch_size = batch_size
+
+    def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray:
+        if instruction and self.instruction_template:
+            texts = [self.instruction_template.format(instruction=instruction, text=t) for t in texts]
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+
+#: What a scorer calls to embed texts under an instruction (an :class:`EmbeddingCache`, or any such function).
+Embed = Callable[[Sequence[str], "str | None"], np.ndarray]
+
+
+class EmbeddingCache:
+    """Embeds texts once per (instruction, text) and counts the encoding work per task."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self._vectors: dict[tuple[str | None, str], np.ndarray] = {}
+        self.seconds = 0.0
+        self.encoded = 0
+        self.requested = 0
+
+    def reset_counters(self) -> None:
+        self.seconds, self.encoded, self.requested = 0.0, 0, 0
+
+    def __call__(self, texts: Sequence[str], instruction: str | None) -> np.ndarray:
+        instruction = instruction or None
+        missing = list(dict.fromkeys(t for t in texts if (instruction, t) not in self._vectors))
+        if missing:
+            start = time.perf_counter()
+            vecs = self.encoder.encode(missing, instruction=instruction)
+            self.seconds += time.perf_counter() - start
+            self.encoded += len(missing)
+            _check_embeddings(vecs, len(missing), getattr(self.encoder, "name", type(self.encoder).__name__))
+            for text, vec in zip(missing, vecs, strict=True):
+                self._vectors[(instruction, text)] = vec
+        self.requested += len(set(texts))
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self._vectors[(instruction, t)] for t in texts])
+
+
+def _check_embeddings(vecs: Any, n: int, name: str) -> None:
+    if not isinstance(vecs, np.ndarray) or vecs.ndim != 2 or vecs.shape[0] != n:
+        shape = getattr(vecs, "shape", type(vecs).__name__)
+        raise ValueError(f"encoder {name!r} returned {shape} for {n} texts; expected an (N, D) numpy array")
+    if vecs.dtype != np.float32:
+        raise ValueError(f"encoder {name!r} returned {vecs.dtype}; expected float32")
+    if not np.isfinite(vecs).all():
+        raise ValueError(f"encoder {name!r} returned non-finite values")
+    norms = np.linalg.norm(vecs, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if bad.size:
+        raise ValueError(f"encoder {name!r}: row {bad[0]} has norm {norms[bad[0]]:.4f}; rows must be L2-normalised")

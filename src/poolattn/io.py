@@ -1,0 +1,121 @@
+"""Files written safely and read defensively, and the environment a result was made in.
+
+Every file poolattn writes goes to a unique temporary file beside its target and is renamed into place, so a
+killed process never leaves a half-written result; readers of stored results get ``None`` for anything missing
+or unreadable and decide themselves what that means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+#: Libraries whose versions shape a score or a trained weight, recorded with every result.
+VERSIONED_PACKAGES = (
+    "poolattn",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "mteb",
+    "sentence-transformers",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+)
+#: The subset stored with each evaluation result.
+SCORE_PACKAGES = ("poolattn", "torch", "transformers", "mteb", "numpy", "scikit-learn")
+
+
+def write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> None:
+    """Call ``write(handle)`` on a unique temporary file beside ``path``, then rename it into place (0644)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    write_atomic(path, lambda handle: handle.write(text))
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON (indent 1, UTF-8, trailing newline) atomically."""
+
+    def dump(handle: IO[Any]) -> None:
+        json.dump(payload, handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
+
+    write_atomic(path, dump)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object stored at ``path``; ``None`` when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def package_versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (``None`` where one is not installed)."""
+    versions: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """Versions, hardware and command line, so anyone can rerun what produced a result."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    with suppress(OSError, ValueError, AttributeError):
+        memory = int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) * 1024
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "versions": {"python": platform.python_version(), **package_versions()},
+        "hardware": {
+            "platform": platform.platform(),
+            "cpu": cpu,
+            "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "memory_bytes": memory,
+            "gpus": gpus,
+        },
+        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+    }

@@ -1,0 +1,42 @@
+"""Statistics that compare embedding designs.
+
+Three levels of comparison:
+
+* across datasets (the paper's test): pair two designs' main scores on the same datasets of a category and
+  run the Wilcoxon signed-rank test (:func:`wilcoxon_over_datasets`);
+* within one dataset: resample the dataset's own samples (queries, pairs, test examples) with a paired
+  bootstrap (confidence interval of the difference) and a paired permutation test (p-value)
+  (:func:`compare_within_dataset`);
+* over a category's datasets, resampling within each of them: the mean difference's bootstrap interval
+  and permutation p-value (:func:`compare_category`).
+
+Per-sample results are plain dicts (``per_sample``) whose ``"statistic"`` names how the dataset's main score
+is computed from them (see :data:`STATISTICS`). Differences are always ``b - a``. Also here: Holm's
+correction for many tests, seed aggregation, the significance mark of tables and the linear CKA between
+layers' representations.
+"""
+
+from __future__ import annotations
+
+from .resampling import PairedResult, compare_category, compare_within_dataset, paired_bootstrap, paired_permutation
+from .samples import STATISTICS, SampleStatistic, align, score_from_samples
+from .summary import holm, linear_cka, seed_summary, significance_mark
+from .wilcoxon import WilcoxonResult, wilcoxon_over_datasets
+
+__all__ = [
+    "STATISTICS",
+    "PairedResult",
+    "SampleStatistic",
+    "WilcoxonResult",
+    "align",
+    "compare_category",
+    "compare_within_dataset",
+    "holm",
+    "linear_cka",
+    "paired_bootstrap",
+    "paired_permutation",
+    "score_from_samples",
+    "seed_summary",
+    "significance_mark",
+    "wilcoxon_over_datasets",
+]

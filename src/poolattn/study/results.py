@@ -1,0 +1,411 @@
+"""A study folder's stored results and every number of its report.
+
+:func:`load_results` reads a study folder written by ``poolattn experiment`` (``study.json``, ``cells/*/cell.json``
+with their evaluation JSONs and training logs, ``layers/layers.json``); :func:`compute_tables` computes the
+tables from it. Differences are always design − reference:
+
+* Table 1, the paper's layout: per category the mean main score over its datasets; the reference absolute, the
+  others as Δ. ``*`` = Wilcoxon signed-rank test over the category's datasets (the paper's test);
+  ``†`` = stratified paired permutation test within the datasets (samples swapped between the two designs inside
+  each dataset, statistic = the category's mean Δ; :func:`poolattn.stats.compare_category`), Holm-corrected over
+  every comparison of the table.
+* Per dataset: each design's main score, Δ with a paired bootstrap CI, the paired permutation p-value and its
+  Holm-adjusted value over every per-dataset comparison (:func:`poolattn.stats.compare_within_dataset`).
+* Several seeds: scores are averaged over seeds first (per-sample values too), and mean ± CI over seeds is shown.
+* The direction of the paper's findings next to ours (:func:`paper_comparison`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import stats
+from ..io import read_json
+
+#: Category order: the paper's four first, then the others the suite has.
+CATEGORY_ORDER = ("sts", "classification", "retrieval", "clustering", "pair_classification", "reranking")
+CATEGORY_LABEL = {
+    "sts": "STS",
+    "classification": "Class.",
+    "retrieval": "Retr.",
+    "clustering": "Clust.",
+    "pair_classification": "Pair class.",
+    "reranking": "Rerank.",
+    "summarization": "Summ.",
+}
+
+# Tang & Yang 2024, main table (Mistral-7B, MTEB): Δ vs M1 (EOS, causal) and whether the paper marks it significant.
+PAPER_DESIGNS: dict[tuple[str, str], str] = {
+    ("causal", "eos"): "M1",
+    ("causal", "trainable"): "M2",
+    ("causal", "multilayer"): "M3",
+    ("bidirectional", "trainable"): "M4",
+    ("bidirectional", "multilayer"): "M5",
+}
+PAPER_REFERENCE = {"sts": 0.8302, "classification": 0.7244, "retrieval": 0.5394, "clustering": 0.4503}
+PAPER_DELTAS: dict[str, dict[str, tuple[float, bool]]] = {
+    "M2": {"sts": (0.0129, True), "classification": (-0.0035, False), "retrieval": (0.0102, False),
+           "clustering": (-0.0076, False)},
+    "M3": {"sts": (0.0118, True), "classification": (-0.0033, False), "retrieval": (0.0135, False),
+           "clustering": (-0.0017, False)},
+    "M4": {"sts": (0.0095, True), "classification": (-0.0483, False), "retrieval": (0.0213, False),
+           "clustering": (-0.0493, True)},
+    "M5": {"sts": (0.0166, True), "classification": (-0.0143, True), "retrieval": (0.0226, True),
+           "clustering": (-0.0246, True)},
+}  # fmt: skip
+
+
+# ============================================================================================= loading
+@dataclass
+class TaskScore:
+    """One design's result on one dataset, averaged over its seeds."""
+
+    task: str
+    category: str
+    score: float
+    seed_scores: list[float]
+    per_sample: dict[str, Any] | None
+
+
+@dataclass
+class DesignResults:
+    """A design's finished cells and its seed-averaged scores."""
+
+    name: str
+    spec: dict[str, Any]
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    tasks: dict[str, TaskScore] = field(default_factory=dict)
+    seed_tasks: dict[int | None, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class StudyResults:
+    """Everything the report needs, read from a study folder."""
+
+    folder: Path
+    study: dict[str, Any]
+    designs: dict[str, DesignResults]
+    missing: list[str]
+    layers: dict[str, Any] | None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.study["config"]
+
+    @property
+    def reference(self) -> str:
+        return self.study["reference"]
+
+
+def load_results(folder: str | Path) -> StudyResults:
+    """Read a study folder: finished cells (hash matching ``study.json``) and their evaluation results."""
+    folder = Path(folder)
+    study = read_json(folder / "study.json")
+    if study is None:
+        raise FileNotFoundError(f"{folder} is not a study folder (no readable study.json)")
+    designs = {d["name"]: DesignResults(d["name"], d) for d in study["config"]["designs"]}
+    missing = []
+    for entry in study["cells"]:
+        record = read_json(folder / "cells" / entry["name"] / "cell.json")
+        if not (record and record.get("complete") and record.get("hash") == entry["hash"]):
+            missing.append(entry["name"])
+            continue
+        eval_dir = folder / "cells" / entry["name"] / record["eval"]["dir"]
+        results = {}
+        for task in record["eval"]["tasks"]:
+            result = read_json(eval_dir / f"{task}.json")
+            if result is None:
+                raise FileNotFoundError(f"{eval_dir / (task + '.json')}: missing result of a finished cell")
+            results[task] = result
+        design = designs[entry["design"]]
+        design.cells.append(record)
+        design.seed_tasks[entry["seed"]] = results
+    for design in designs.values():
+        design.tasks = average_seeds(design.seed_tasks)
+    layers = read_json(folder / "layers" / "layers.json")
+    if layers is not None and layers.get("hash") != study.get("layers", {}).get("hash"):
+        layers = None
+    return StudyResults(folder, study, {k: v for k, v in designs.items() if v.cells}, missing, layers)
+
+
+def average_seeds(seed_tasks: Mapping[int | None, Mapping[str, Mapping[str, Any]]]) -> dict[str, TaskScore]:
+    """Per task: the mean main score over seeds, and per-sample values averaged over seeds (paired field)."""
+    out: dict[str, TaskScore] = {}
+    if not seed_tasks:
+        return out
+    runs = list(seed_tasks.values())
+    common = [t for t in runs[0] if all(t in r for r in runs)]
+    for task in common:
+        results = [r[task] for r in runs]
+        samples = [r.get("per_sample") for r in results]
+        per_sample = average_per_sample(samples) if all(s is not None for s in samples) else None
+        scores = [float(r["main_score"]) for r in results]
+        out[task] = TaskScore(task, results[0]["category"], float(np.mean(scores)), scores, per_sample)
+    return out
+
+
+def average_per_sample(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several seeds' per-sample results of one design on one dataset as one (mean of the paired field)."""
+    if len(samples) == 1:
+        return dict(samples[0])
+    paired = stats.STATISTICS[samples[0]["statistic"]].paired_field
+    aligned = [stats.align(samples[0], s)[1] for s in samples]
+    out = dict(aligned[0])
+    out[paired] = np.mean([a[paired] for a in aligned], axis=0)
+    return out
+
+
+# ========================================================================================== statistics
+def wilcoxon_entry(ref_scores: Sequence[float], own: Sequence[float], alpha: float) -> dict[str, Any]:
+    """The paper's test over a category's datasets; datasets with an undefined score (NaN) are left out."""
+    finite = [(a, b) for a, b in zip(ref_scores, own, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    dropped = len(ref_scores) - len(finite)
+    if not finite:
+        return {"pvalue": math.nan, "n": 0, "n_nonzero": 0, "min_attainable_p": 1.0, "note": "no finite scores"}
+    w = stats.wilcoxon_over_datasets([a for a, _ in finite], [b for _, b in finite], alpha=alpha)
+    note = "; ".join(filter(None, [w.note, f"{dropped} dataset(s) with an undefined score left out" * bool(dropped)]))
+    return {
+        "pvalue": w.pvalue,
+        "statistic": w.statistic,
+        "n": w.n,
+        "n_nonzero": w.n_nonzero,
+        "rank_biserial": w.rank_biserial,
+        "min_attainable_p": w.min_attainable_p,
+        "note": note,
+    }
+
+
+def ordered_categories(categories: Iterable[str]) -> list[str]:
+    present = set(categories)
+    return [c for c in CATEGORY_ORDER if c in present] + sorted(present - set(CATEGORY_ORDER))
+
+
+@dataclass
+class Tables:
+    """All numbers of the report."""
+
+    reference: str
+    designs: list[str]
+    categories: list[str]
+    tasks: dict[str, str]  # task -> category (the datasets every design has)
+    table1: dict[str, dict[str, dict[str, Any]]]  # design -> category -> entry
+    per_dataset: list[dict[str, Any]]
+    seeds: dict[str, dict[str, dict[str, float]]]  # design -> category -> seed summary
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_tables(results: StudyResults) -> Tables:
+    """Table 1, the per-dataset table and the seed summaries from the stored results."""
+    settings = results.config["stats"]
+    alpha, n_resamples = settings["alpha"], settings["n_resamples"]
+    confidence, seed = settings["confidence"], settings["seed"]
+    reference = results.reference
+    if reference not in results.designs:
+        raise ValueError(f"the reference design {reference!r} has no finished cell yet; nothing to compare against")
+    designs = [name for name in (d["name"] for d in results.config["designs"]) if name in results.designs]
+    ref = results.designs[reference]
+    tasks = {t: s.category for t, s in ref.tasks.items() if all(t in results.designs[d].tasks for d in designs)}
+    categories = ordered_categories(tasks.values())
+    by_category = {c: [t for t, cat in tasks.items() if cat == c] for c in categories}
+    table1: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in designs:
+        design = results.designs[name]
+        table1[name] = {}
+        for category in categories:
+            names = by_category[category]
+            score = float(np.mean([design.tasks[t].score for t in names]))
+            entry: dict[str, Any] = {"score": score, "n_datasets": len(names)}
+            if name != reference:
+                ref_scores = [ref.tasks[t].score for t in names]
+                own = [design.tasks[t].score for t in names]
+                entry["delta"] = score - float(np.mean(ref_scores))
+                entry["wilcoxon"] = wilcoxon_entry(ref_scores, own, alpha)
+                pairs = [(ref.tasks[t].per_sample, design.tasks[t].per_sample) for t in names]
+                if all(a is not None and b is not None for a, b in pairs):
+                    entry["within"] = stats.compare_category(
+                        pairs, n_resamples=n_resamples, seed=seed, confidence=confidence
+                    )
+            table1[name][category] = entry
+    within = [(d, c) for d in designs for c in categories if "within" in table1[d][c]]
+    for (d, c), adjusted in zip(within, stats.holm([table1[d][c]["within"]["pvalue"] for d, c in within]), strict=True):
+        table1[d][c]["within"]["pvalue_holm"] = float(adjusted)
+    for name in designs:
+        for category in categories:
+            entry = table1[name][category]
+            if name == reference:
+                entry["marks"] = ""
+                continue
+            star = stats.significance_mark(entry["wilcoxon"]["pvalue"], alpha)
+            dagger = "†" if entry.get("within", {}).get("pvalue_holm", 1.0) < alpha else ""
+            entry["marks"] = star + dagger
+    per_dataset = per_dataset_rows(results, designs, tasks, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return Tables(
+        reference=reference,
+        designs=designs,
+        categories=categories,
+        tasks=tasks,
+        table1=table1,
+        per_dataset=per_dataset,
+        seeds=seed_summaries(results, designs, tasks, categories),
+        settings=dict(settings),
+    )
+
+
+def per_dataset_rows(
+    results: StudyResults,
+    designs: Sequence[str],
+    tasks: Mapping[str, str],
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """One row per (dataset, design): score, Δ vs reference with bootstrap CI, permutation p and Holm p."""
+    ref = results.designs[results.reference]
+    rows = []
+    order = {c: i for i, c in enumerate(ordered_categories(tasks.values()))}
+    for task in sorted(tasks, key=lambda t: (order[tasks[t]], t)):
+        for name in designs:
+            own = results.designs[name].tasks[task]
+            row: dict[str, Any] = {
+                "task": task,
+                "category": tasks[task],
+                "design": name,
+                "score": own.score,
+                "seed_scores": own.seed_scores,
+                "n": len(own.per_sample["ids"]) if own.per_sample else None,
+            }
+            if name != results.reference:
+                row["delta"] = own.score - ref.tasks[task].score
+                if own.per_sample is not None and ref.tasks[task].per_sample is not None:
+                    compared = stats.compare_within_dataset(
+                        ref.tasks[task].per_sample,
+                        own.per_sample,
+                        n_resamples=n_resamples,
+                        seed=seed,
+                        confidence=confidence,
+                    )
+                    row.update(ci_low=compared["ci_low"], ci_high=compared["ci_high"], pvalue=compared["pvalue"])
+            rows.append(row)
+    tested = [r for r in rows if "pvalue" in r]
+    for row, adjusted in zip(tested, stats.holm([r["pvalue"] for r in tested]), strict=True):
+        row["pvalue_holm"] = float(adjusted)
+    return rows
+
+
+def seed_summaries(
+    results: StudyResults, designs: Sequence[str], tasks: Mapping[str, str], categories: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per design and category: mean ± CI over seeds of the category score (each seed's own mean)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in designs:
+        design = results.designs[name]
+        out[name] = {}
+        for category in categories:
+            names = [t for t, c in tasks.items() if c == category]
+            per_seed = [float(np.mean([r[t]["main_score"] for t in names])) for r in design.seed_tasks.values()]
+            out[name][category] = stats.seed_summary(per_seed, confidence=results.config["stats"]["confidence"])
+    return out
+
+
+def layer_category_curves(layers: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Mean main score per layer for each category of the layer tasks, plus ``all`` (mean over tasks)."""
+    by_category: dict[str, list[list[float]]] = {}
+    for task in layers["tasks"]:
+        by_category.setdefault(task["category"], []).append(task["scores"])
+    curves = {c: np.mean(by_category[c], axis=0) for c in ordered_categories(by_category)}
+    curves["all"] = np.mean([t["scores"] for t in layers["tasks"]], axis=0)
+    return curves
+
+
+# ====================================================================================== paper directions
+def paper_comparison(results: StudyResults, tables: Tables) -> dict[str, Any] | None:
+    """Our Δ next to the paper's for the designs that match the paper's by (attention, pooling), when our
+    reference is the paper's (trained EOS, causal). Agreement is the sign of Δ, computed from the numbers."""
+    spec = {name: results.designs[name].spec for name in tables.designs}
+    ref = spec[tables.reference]
+    if PAPER_DESIGNS.get((ref["attention"], ref["pooling"])) != "M1" or not ref.get("train", True):
+        return None
+    rows = []
+    for name in tables.designs:
+        design = spec[name]
+        paper_name = PAPER_DESIGNS.get((design["attention"], design["pooling"]))
+        if name == tables.reference or paper_name not in PAPER_DELTAS or not design.get("train", True):
+            continue
+        for category, (paper_delta, paper_sig) in PAPER_DELTAS[paper_name].items():
+            if category not in tables.categories:
+                continue
+            entry = tables.table1[name][category]
+            ours = entry["delta"]
+            rows.append(
+                {
+                    "design": name,
+                    "paper_design": paper_name,
+                    "category": category,
+                    "paper_delta": paper_delta,
+                    "paper_significant": paper_sig,
+                    "delta": ours,
+                    "marks": entry["marks"],
+                    "agree": (ours > 0) == (paper_delta > 0) and ours != 0,
+                }
+            )
+    if not rows:
+        return None
+    return {"rows": rows, "claims": paper_claims(tables, spec)}
+
+
+def paper_claims(tables: Tables, spec: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's conclusions, each checked against our Table 1."""
+
+    def find(attention: str, pooling: str) -> list[str]:
+        return [
+            n
+            for n in tables.designs
+            if spec[n]["attention"] == attention and spec[n]["pooling"] == pooling and spec[n].get("train", True)
+        ]
+
+    bidir_trainable = find("bidirectional", "trainable") + find("bidirectional", "multilayer")
+    multilayer = find("causal", "multilayer") + find("bidirectional", "multilayer")
+    trained = [n for n in tables.designs if spec[n].get("train", True)]
+    claims = []
+    for category, sign, words in (
+        ("sts", 1, "help STS"),
+        ("retrieval", 1, "help retrieval"),
+        ("clustering", -1, "do not help clustering"),
+        ("classification", -1, "do not help classification"),
+    ):
+        if category not in tables.categories or not bidir_trainable:
+            continue
+        deltas = {n: tables.table1[n][category]["delta"] for n in bidir_trainable}
+        holds = [n for n, d in deltas.items() if (d > 0 if sign > 0 else d <= 0)]
+        claims.append(
+            {
+                "claim": f"bidirectional attention + trainable pooling ({', '.join(bidir_trainable)}) {words}",
+                "holds_for": holds,
+                "of": bidir_trainable,
+                "deltas": deltas,
+            }
+        )
+    for category in ("sts", "retrieval"):
+        if category not in tables.categories or not multilayer:
+            continue
+        best = max(trained, key=lambda n: tables.table1[n][category]["score"])
+        claims.append(
+            {
+                "claim": f"multi-layer trainable pooling is the best design for {CATEGORY_LABEL[category]}",
+                "holds_for": [best] if best in multilayer else [],
+                "of": [best],
+                "best": best,
+                "deltas": {},
+            }
+        )
+    return claims

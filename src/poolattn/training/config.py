@@ -1,0 +1,280 @@
+"""Training arguments: one documented dataclass per table of a training config, the checks a run needs, and the
+names of the files a run writes.
+
+A config is TOML with the tables ``[model]``, ``[data]``, ``[recipe]``, ``[lora]`` and ``[output]``
+(:class:`TrainConfig`). :func:`load_train_config` reads it, applies dotted ``KEY=VALUE`` overrides
+(``recipe.lr=1e-4``) and type-checks every key; :func:`write_config` writes it back. Every
+:class:`ConfigError` raised here carries ``key``, the dotted key it is about.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbone import resolve_precision
+from ..config import ConfigError, build_dataclass, parse_value, read_toml, set_dotted
+from ..io import write_text_atomic
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "ENGINE_DIR",
+    "FINETUNE_MODES",
+    "HARD_NEGATIVES",
+    "LOG_FILE",
+    "MIXED_PRECISION",
+    "MODEL_DIR",
+    "SCHEDULERS",
+    "SUMMARY_FILE",
+    "ConfigError",
+    "DataSection",
+    "LoraSection",
+    "ModelSection",
+    "OutputSection",
+    "RecipeSection",
+    "TrainConfig",
+    "TrainingDiverged",
+    "check_config",
+    "load_train_config",
+    "write_config",
+]
+
+#: One line of JSON per optimiser step, in the output folder.
+LOG_FILE = "train_log.jsonl"
+#: The run's result (:class:`~poolattn.training.TrainResult` and config), in the output and model folders.
+SUMMARY_FILE = "train_summary.json"
+#: The config as TOML, in the output and model folders.
+CONFIG_FILE = "train_config.toml"
+#: The trained model (what :meth:`EmbeddingModel.load` reads), in the output folder.
+MODEL_DIR = "model"
+#: ``step-NNNNNNNN`` folders, in the output folder.
+CHECKPOINT_DIR = "checkpoints"
+#: In a checkpoint: FSDP's or DeepSpeed's own state (accelerate's save_state).
+ENGINE_DIR = "engine"
+#: ``recipe.mixed_precision`` -> the autocast dtype (``None``: float32).
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``recipe.scheduler``: the learning-rate schedules of ``transformers.get_scheduler``.
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+#: ``recipe.finetune``: LoRA adapter, the whole backbone, or the head only.
+FINETUNE_MODES = ("lora", "full", "frozen")
+#: ``data.hard_negatives`` (``None`` is ``"none"``).
+HARD_NEGATIVES = (None, "auto", "none", "random", "mined")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class ModelSection:
+    """``[model]``: the design being trained (see :meth:`EmbeddingModel.from_backbone`)."""
+
+    #: ``default`` (the packaged SmolLM2-135M), ``smollm2``, ``gemma3``, a hub id or a local folder.
+    backbone: str = "default"
+    #: ``causal`` or ``bidirectional``.
+    attention: str = "bidirectional"
+    #: A pooling design (``eos``, ``mean``, ``weighted_mean``, ``latent``, ``trainable``, ``multilayer``).
+    pooling: str = "multilayer"
+    #: The pooling design's own options (``preset``, ``n_latents``...).
+    pooling_options: dict[str, Any] = field(default_factory=dict)
+    #: Weights: ``float32``, ``bfloat16`` or ``float16``.
+    dtype: str = "float32"
+    #: Texts are truncated to this many tokens.
+    max_length: int = 128
+
+
+@dataclass
+class DataSection:
+    """``[data]``: the training records."""
+
+    #: A file (JSONL, CSV/TSV, Parquet), a ``datasets`` folder or name, or ``"default"`` (the movie-dialog train
+    #: split).
+    path: str = "default"
+    #: Use this many records (a seeded subset); ``None``: all.
+    n_pairs: int | None = None
+    #: Skip malformed records (counted in the summary) instead of failing on the first.
+    skip_bad: bool = False
+    #: none | random | mined: fills records that have no negative; ``auto`` means ``random`` for the default set
+    #: and ``none`` for files. ``None`` (``--set data.hard_negatives=none``) is "none".
+    hard_negatives: str | None = "auto"
+    #: Given to queries whose record has none (the default set's is :data:`poolattn.data.DEFAULT_INSTRUCTION`).
+    instruction: str | None = None
+
+
+@dataclass
+class RecipeSection:
+    """``[recipe]``: how to train. Give ``steps`` or ``epochs`` (neither: one epoch)."""
+
+    #: Optimiser steps.
+    steps: int | None = None
+    #: Passes over the records.
+    epochs: int | None = None
+    #: Records per step, global (all processes together).
+    batch_size: int = 32
+    #: Turns GradCache on, with forward chunks of at most this many texts.
+    mini_batch: int | None = None
+    #: Padded tokens of one forward chunk, at most.
+    forward_tokens: int = 2048
+    #: AdamW learning rate.
+    lr: float = 1e-4
+    #: The pooling head's learning rate (default: ``lr``).
+    head_lr: float | None = None
+    #: AdamW weight decay of matrices (vectors are not decayed).
+    weight_decay: float = 0.01
+    #: Steps of linear warm-up.
+    warmup_steps: int = 0
+    #: One of :data:`SCHEDULERS`.
+    scheduler: str = "linear"
+    #: Clip the gradient norm to this (``None``: no clipping).
+    max_grad_norm: float | None = 1.0
+    #: InfoNCE logits are cosine x ``scale``.
+    scale: float = 20.0
+    #: Average the loss with the positive -> query direction.
+    symmetric: bool = False
+    #: Add the other queries as candidates.
+    query_query: bool = False
+    #: One of :data:`FINETUNE_MODES`: lora | full | frozen.
+    finetune: str = "lora"
+    #: Recompute the backbone's activations in the backward pass (less memory, more compute).
+    gradient_checkpointing: bool = False
+    #: no | bf16 | fp16 autocast (``auto``: bf16 where this machine computes bfloat16 natively, else no).
+    mixed_precision: str = "no"
+    #: Seeds the head's initialisation, the data order, the subset and dropout.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision == "auto":  # bf16 autocast where this machine computes bfloat16 natively
+            self.mixed_precision = resolve_precision("auto", "bf16", "no")
+
+
+@dataclass
+class LoraSection:
+    """``[lora]``: the LoRA adapter (``recipe.finetune = "lora"``)."""
+
+    #: Rank.
+    r: int = 16
+    #: Scaling numerator (the update is scaled by ``alpha / r``).
+    alpha: int = 32
+    #: Dropout on the adapter's input, in [0, 1).
+    dropout: float = 0.1
+    #: ``"all-linear"`` (as in the paper) or a list of module names.
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class OutputSection:
+    """``[output]``: where results go; none of it changes the trained weights."""
+
+    #: The output folder (model, log, summary, config, checkpoints).
+    dir: str = "runs/train"
+    #: Write a checkpoint every this many steps (0: only at the end).
+    checkpoint_every: int = 0
+    #: Keep this many of the latest checkpoints.
+    keep_checkpoints: int = 1
+    #: A rerun resumes from the latest checkpoint (``false``: starts over).
+    resume: bool = True
+    #: Fold the adapter into the saved weights.
+    merge: bool = False
+    #: Also log to TensorBoard (``output.dir/tensorboard``).
+    tensorboard: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A complete training run; sections mirror the TOML tables ``[model]``, ``[data]``, ``[recipe]``,
+    ``[lora]``, ``[output]``."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    recipe: RecipeSection = field(default_factory=RecipeSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hash(self) -> str:
+        """Hash of what determines the trained weights (every section but ``output``)."""
+        payload = {k: v for k, v in asdict(self).items() if k != "output"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject values no run could use, naming the key (also in the error's ``key``)."""
+    recipe, output = config.recipe, config.output
+    positive = {
+        "recipe.batch_size": recipe.batch_size,
+        "recipe.forward_tokens": recipe.forward_tokens,
+        "recipe.steps": recipe.steps,
+        "recipe.epochs": recipe.epochs,
+        "recipe.mini_batch": recipe.mini_batch,
+        "recipe.lr": recipe.lr,
+        "recipe.scale": recipe.scale,
+        "lora.r": config.lora.r,
+        "output.keep_checkpoints": output.keep_checkpoints,
+    }
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}", key=key)
+    for key, value in {
+        "recipe.warmup_steps": recipe.warmup_steps,
+        "recipe.weight_decay": recipe.weight_decay,
+        "output.checkpoint_every": output.checkpoint_every,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key} must not be negative, got {value}", key=key)
+    if recipe.steps is not None and recipe.epochs is not None:
+        raise ConfigError("give recipe.steps or recipe.epochs, not both", key="recipe.steps")
+    choices = {
+        "recipe.finetune": (recipe.finetune, FINETUNE_MODES),
+        "recipe.mixed_precision": (recipe.mixed_precision, tuple(MIXED_PRECISION)),
+        "recipe.scheduler": (recipe.scheduler, SCHEDULERS),
+        "data.hard_negatives": (config.data.hard_negatives, HARD_NEGATIVES),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} = {value!r}; choose one of {list(allowed)}", key=key)
+    if not 0.0 <= config.lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {config.lora.dropout}", key="lora.dropout")
+
+
+def load_train_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML file (or the defaults) and ``key=value`` overrides with dotted keys
+    (``recipe.lr=1e-4``, ``model.pooling_options.preset=paper``). Values are TOML (bare words are strings,
+    ``none`` unsets); every value is type-checked and an unknown key is an error naming it. Errors about a key
+    start with the source (the file's path, or ``defaults``)."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        raw, _ = read_toml(path)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        set_dotted(raw, key.strip(), parse_value(text.strip()))
+    try:
+        return build_dataclass(TrainConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}", key=err.key) from None
+
+
+def write_config(config: TrainConfig, path: Path) -> None:
+    """The config as TOML (unset values omitted), written atomically."""
+    import tomli_w
+
+    def prune(tree: dict[str, Any]) -> dict[str, Any]:
+        return {k: prune(v) if isinstance(v, dict) else v for k, v in tree.items() if v is not None}
+
+    write_text_atomic(path, tomli_w.dumps(prune(config.to_dict())))

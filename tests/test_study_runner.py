@@ -1,0 +1,179 @@
+"""The study runner: an end-to-end tiny study, its report, caching and resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poolattn import EmbeddingModel
+from poolattn.study import run_experiment
+
+pytest_plugins = ["study_fixtures"]
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_study(fake_suite, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny study, run once for the module: (its config, its folder)."""
+    from study_fixtures import make_study_file  # after pytest loaded it as a plugin, so its asserts are rewritten
+
+    folder = tmp_path_factory.mktemp("tiny-study")
+    study_file = make_study_file(folder, tiny_llama)
+    out = folder / "run"
+    report = run_experiment(study_file, out, progress=False)
+    assert report == out / "report.md"
+    return study_file, out
+
+
+@pytest.fixture
+def finished_study(tiny_study: tuple[Path, Path]) -> Path:
+    return tiny_study[1]
+
+
+@pytest.fixture
+def study_copy(tiny_study: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the finished study, for tests that change it."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_study[1], out)
+    return tiny_study[0], out
+
+
+def test_tiny_study_end_to_end(finished_study: Path) -> None:
+    out = finished_study
+    for name in ("study.json", "report.md", "report.html", "results.json", "layers/layers.json"):
+        assert (out / name).is_file(), name
+    for cell in ("M0", "M1-s0", "M2-s0"):
+        record = json.loads((out / "cells" / cell / "cell.json").read_text())
+        assert record["complete"] and len(record["eval"]["tasks"]) == 5
+    assert (out / "cells" / "M1-s0" / "train" / "model" / "poolattn.json").is_file()
+    assert not (out / "cells" / "M0" / "train").exists()
+    study = json.loads((out / "study.json").read_text())
+    assert study["environment"]["versions"]["torch"] and study["runs"][-1]["computed"] == ["M0", "M1-s0", "M2-s0"]
+    layers = json.loads((out / "layers" / "layers.json").read_text())
+    assert layers["num_layers"] == 3 and [t["task"] for t in layers["tasks"]] == [
+        "FakeSTS",
+        "FakePairs",
+        "FakeRetrieval",
+    ]
+    assert all(len(t["scores"]) == 3 for t in layers["tasks"])
+    cka = np.array(layers["cka"]["matrix"])
+    assert cka.shape == (3, 3) and np.allclose(np.diag(cka), 1.0, atol=1e-5)
+    # M0 was served from the layer pass: its scores equal the last layer's
+    for task in layers["tasks"]:
+        m0 = json.loads((out / "cells" / "M0" / "eval" / f"{task['task']}.json").read_text())
+        assert m0["main_score"] == pytest.approx(task["scores"][-1], abs=1e-12)
+    for plot in ("delta_by_category", "training_loss", "layer_quality", "layer_cka"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and 'src="plots/' not in html
+    markdown = (out / "report.md").read_text()
+    for heading in ("Table 1", "Per dataset", "Layer-wise analysis", "Cost next to quality", "Environment"):
+        assert heading in markdown
+    assert "`*` Wilcoxon" in markdown and "`†` paired permutation" in markdown
+
+
+def hand_table1(out: Path) -> dict[str, dict[str, float]]:
+    """Mean main score per category per design, straight from the evaluation JSONs."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for cell in ("M0", "M1-s0", "M2-s0"):
+        for path in sorted((out / "cells" / cell / "eval").glob("*.json")):
+            result = json.loads(path.read_text())
+            table.setdefault(cell.split("-")[0], {}).setdefault(result["category"], []).append(result["main_score"])
+    return {d: {c: float(np.mean(v)) for c, v in cats.items()} for d, cats in table.items()}
+
+
+def test_table1_equals_a_hand_computation(finished_study: Path) -> None:
+    expected = hand_table1(finished_study)
+    results = json.loads((finished_study / "results.json").read_text())
+    table = results["table1"]
+    assert results["categories"] == ["sts", "classification", "retrieval", "clustering", "pair_classification"]
+    markdown = (finished_study / "report.md").read_text()
+    section = markdown.split("## Table 1")[1].split("##")[0]
+    rows = {line.split("|")[1].strip().strip("*"): line for line in section.splitlines() if line.startswith("| ")}
+    for design in ("M0", "M1", "M2"):
+        for category, score in expected[design].items():
+            assert table[design][category]["score"] == pytest.approx(score, abs=1e-12)
+            if design == "M1":
+                assert f"**{score:.4f}**" in rows["M1"]
+            else:
+                delta = score - expected["M1"][category]
+                assert table[design][category]["delta"] == pytest.approx(delta, abs=1e-12)
+                assert f"{delta:+.4f}" in rows[design]
+    # Holm over all 2 x 5 table comparisons
+    entries = [table[d][c]["within"] for d in ("M0", "M2") for c in results["categories"]]
+    raw = np.array([e["pvalue"] for e in entries])
+    order = np.argsort(raw)
+    holm = np.minimum(1, np.maximum.accumulate((len(raw) - np.arange(len(raw))) * raw[order]))
+    np.testing.assert_allclose([entries[i]["pvalue_holm"] for i in order], holm)
+
+
+def test_rerun_reuses_everything(study_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import poolattn.training
+
+    study_file, finished_study = study_copy
+    stamps = {p: p.stat().st_mtime_ns for p in (finished_study / "cells").rglob("*.json")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a finished cell was encoded again")
+
+    monkeypatch.setattr(poolattn.training, "train", no_training)
+    monkeypatch.setattr(EmbeddingModel, "encode", no_encoding)
+    monkeypatch.setattr(EmbeddingModel, "encode_layers", no_encoding)
+    run_experiment(study_file, finished_study, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (finished_study / "cells").rglob("*.json")} == stamps
+    events = [json.loads(line) for line in (finished_study / "events.jsonl").read_text().splitlines()]
+    last_run = events[max(i for i, e in enumerate(events) if e["event"] == "run-start") :]
+    assert sorted(e["cell"] for e in last_run if e["event"] == "reused") == ["M0", "M1-s0", "M2-s0", "layers"]
+    assert not [e for e in last_run if e["event"] == "finished"]
+
+
+def test_interrupted_cell_resumes_without_retraining(
+    study_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poolattn.training
+
+    study_file, finished_study = study_copy
+    cell = finished_study / "cells" / "M2-s0"
+    (cell / "cell.json").unlink()  # as if killed during evaluation
+    (cell / "eval" / "FakeRetrieval.json").unlink()
+    kept = cell / "eval" / "FakeSTS.json"
+    stamp = kept.stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(poolattn.training, "train", lambda *a, **k: calls.append(a))
+    run_experiment(study_file, finished_study, progress=False)
+    assert calls == []  # the finished training was reused
+    assert (cell / "cell.json").is_file() and (cell / "eval" / "FakeRetrieval.json").is_file()
+    assert kept.stat().st_mtime_ns == stamp  # finished tasks were not rescored
+
+
+def test_changed_design_is_recomputed_alone(study_copy: tuple[Path, Path], monkeypatch) -> None:
+    import poolattn.training
+
+    study_file, finished_study = study_copy
+    trained = []
+    real = poolattn.training.train
+    monkeypatch.setattr(poolattn.training, "train", lambda config, **k: trained.append(config) or real(config, **k))
+    run_experiment(study_file, finished_study, ["designs.M2.options.n_latents=2"], progress=False)
+    assert [c.model.pooling_options for c in trained] == [{"n_latents": 2, "heads": 2}]
+
+
+def test_report_renders_from_stored_results_alone(study_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    from poolattn.study import render_report
+
+    moved = tmp_path / "elsewhere"
+    os.rename(study_copy[1], moved)
+    before = (moved / "results.json").read_text()
+    for name in ("report.md", "report.html", "results.json"):
+        (moved / name).unlink()
+    assert render_report(moved) == moved / "report.md"
+    assert (moved / "results.json").read_text() == before
+    assert "data:image/png;base64," in (moved / "report.html").read_text()
