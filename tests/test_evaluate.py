@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,9 @@ PINNED = {
     ("LeeDocSTS", "full"): "637c625b3c59279b",
     ("LeeDocSTS", "quick"): "637c625b3c59279b",
     ("WordSim353STS", "full"): "b218fe2c6bf5fadf",
-    ("WordSim353STS", "quick"): "6aa0fb0b7d36a568",
+    ("WordSim353STS", "quick"): "b218fe2c6bf5fadf",
     ("SimLex999STS", "full"): "ffabad51368664b3",
-    ("SimLex999STS", "quick"): "b5fc626762d5fb76",
+    ("SimLex999STS", "quick"): "ffabad51368664b3",
     ("TRECCoarseClassification", "full"): "442a3e52c067d532",
     ("TRECCoarseClassification", "quick"): "457e61577322f53e",
     ("SMSSpamClassification", "full"): "33c519124e19464c",
@@ -120,13 +121,13 @@ PINNED = {
     ("TextSourceClustering", "full"): "6502805b1017aec7",
     ("TextSourceClustering", "quick"): "94c29e805f9fc364",
     ("MovieDialogReplyPairClassification", "full"): "539f09e9f27f1573",
-    ("MovieDialogReplyPairClassification", "quick"): "77c8440afb78e3ab",
+    ("MovieDialogReplyPairClassification", "quick"): "47feee0aec2bc31d",
     ("MovieDialogReplyReranking", "full"): "770b54696f70a453",
-    ("MovieDialogReplyReranking", "quick"): "3736341f4d187046",
+    ("MovieDialogReplyReranking", "quick"): "5964031f39192420",
     ("MovieDialogReplyRetrieval", "full"): "272174b2c9f6511d",
     ("MovieDialogReplyRetrieval", "quick"): "22cd1c2f2b6268ee",
     ("NewsgroupSubjectRetrieval", "full"): "19d3fbf4cadb99af",
-    ("NewsgroupSubjectRetrieval", "quick"): "03559aa99abfbf58",
+    ("NewsgroupSubjectRetrieval", "quick"): "c01db7eac6510525",
     ("NewsLeadRetrieval", "full"): "ead87e939b0d6d1c",
     ("NewsLeadRetrieval", "quick"): "d9abc1e2c06f4d68",
 }
@@ -323,6 +324,111 @@ def test_stored_results_are_reused_or_recomputed(tmp_path: Path) -> None:
     assert len(encoder.calls) > calls
     stored = json.loads((tmp_path / "NewsLeadRetrieval.json").read_text())
     assert stored["config_hash"] == "other"
+
+
+def save_untrained_and_trained(backbone: Path, folder: Path) -> tuple[Path, Path]:
+    """Two saved models of one design on one backbone: untrained, and with a trained (perturbed) LoRA adapter.
+    Their names and config hashes are equal; only their weights differ."""
+    import torch
+
+    from poolattn import EmbeddingModel
+
+    EmbeddingModel.from_backbone(backbone).save(folder / "untrained")
+    trained = EmbeddingModel.from_backbone(backbone)
+    trained.add_lora(r=4, alpha=8, dropout=0.0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in trained.backbone.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    trained.save(folder / "trained")
+    return folder / "untrained", folder / "trained"
+
+
+@pytest.fixture(scope="module")
+def untrained_and_trained(tiny_factory, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return save_untrained_and_trained(tiny_factory("llama"), tmp_path_factory.mktemp("models"))
+
+
+def counted(model):
+    """``model`` with a list of the sizes of its encode calls."""
+    model.calls = []
+    encode = model.encode
+    model.encode = lambda texts, **kw: model.calls.append(len(texts)) or encode(texts, **kw)
+    return model
+
+
+def test_a_stored_result_is_reused_only_for_the_same_weights(untrained_and_trained, tmp_path: Path) -> None:
+    from poolattn import EmbeddingModel
+
+    untrained, trained = (counted(EmbeddingModel.load(f)) for f in untrained_and_trained)
+    assert (untrained.name, untrained.config_hash()) == (trained.name, trained.config_hash())
+    run = {"tasks": ["WordSim353STS"], "profile": "quick", "progress": False}
+    (of_trained,) = offline.run_suite(trained, tmp_path, **run)
+    (of_untrained,) = offline.run_suite(untrained, tmp_path, **run)  # into the trained model's folder
+    assert untrained.calls and of_untrained["n_encoded"] == of_trained["n_encoded"] > 0
+    (alone,) = offline.run_suite(counted(EmbeddingModel.load(untrained_and_trained[0])), tmp_path / "own", **run)
+    assert of_untrained["main_score"] == alone["main_score"] != of_trained["main_score"]
+    assert of_untrained["weights"] == untrained.fingerprint() != of_trained["weights"] == trained.fingerprint()
+    calls = len(untrained.calls)
+    assert offline.run_suite(untrained, tmp_path, **run)[0]["main_score"] == alone["main_score"]
+    assert len(untrained.calls) == calls  # the same model again: reused
+
+
+def test_a_stored_result_is_reused_only_at_the_same_precision(untrained_and_trained, tmp_path: Path) -> None:
+    from poolattn import EmbeddingModel
+    from poolattn.evaluate import evaluate_model
+
+    model = counted(EmbeddingModel.load(untrained_and_trained[1]))
+    run = {"suite": "offline", "device": "cpu", "tasks": ["WordSim353STS"], "profile": "quick", "progress": False}
+    (bf16,) = evaluate_model(model, tmp_path, precision="bf16", **run)
+    calls = len(model.calls)
+    (fp32,) = evaluate_model(model, tmp_path, precision="fp32", **run)
+    assert len(model.calls) > calls and (bf16["precision"], fp32["precision"]) == ("bf16", "fp32")
+    (fresh,) = evaluate_model(
+        counted(EmbeddingModel.load(untrained_and_trained[1])), tmp_path / "b", precision="fp32", **run
+    )
+    assert fp32["main_score"] == fresh["main_score"] != bf16["main_score"]
+    calls = len(model.calls)
+    assert evaluate_model(model, tmp_path, precision="fp32", **run)[0]["main_score"] == fp32["main_score"]
+    assert len(model.calls) == calls
+    stored = json.loads((tmp_path / "WordSim353STS.json").read_text())
+    assert stored["precision"] == "fp32" and stored["max_length"] == 512 and stored["poolattn_version"]
+
+
+def test_result_identity_covers_max_length_template_and_version(untrained_and_trained, tmp_path, monkeypatch):
+    from poolattn import EmbeddingModel
+
+    model = counted(EmbeddingModel.load(untrained_and_trained[0]))
+    run = {"tasks": ["WordSim353STS"], "profile": "quick", "progress": False}
+    offline.run_suite(model, tmp_path, **run)
+    changes = [
+        lambda: setattr(model.config, "max_length", 100),
+        lambda: setattr(model.config, "instruction_template", "{instruction}: {text}"),
+        lambda: monkeypatch.setattr("poolattn.evaluate.encoders.__version__", "0.0.0-other"),
+    ]
+    for change in changes:
+        calls = len(model.calls)
+        change()
+        offline.run_suite(model, tmp_path, config_hash="fixed", **run)  # the same config hash each time
+        assert len(model.calls) > calls
+
+
+def test_a_peer_is_fingerprinted_by_its_folder(tiny_llama, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer, models
+
+    from poolattn.fingerprints import files_fingerprint
+
+    SentenceTransformer(modules=[models.Transformer(str(tiny_llama)), models.Pooling(32)]).save(str(tmp_path / "a"))
+    peer = SentenceTransformerEncoder(tmp_path / "a")
+    assert peer.fingerprint() == files_fingerprint(tmp_path / "a") and peer.max_length == 256
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert SentenceTransformerEncoder(tmp_path / "b").fingerprint() == peer.fingerprint()
+    with open(tmp_path / "b" / "config.json", "a") as handle:
+        handle.write(" ")  # one byte more in one file
+    assert SentenceTransformerEncoder(tmp_path / "b").fingerprint() != peer.fingerprint()
+    in_memory = SentenceTransformerEncoder(peer.model)  # no folder: its tensors
+    assert in_memory.fingerprint() == SentenceTransformerEncoder(peer.model).fingerprint()
 
 
 def test_instruction_overrides(tmp_path: Path) -> None:

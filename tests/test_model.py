@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 from poolattn import EmbeddingModel
+from poolattn.backbone import BackboneError
 from poolattn.model import cpp_compiler, plan_batches
 
 TEXTS = [
@@ -144,6 +147,148 @@ def test_save_load_lora_and_full_weights(make, tmp_path):
     np.testing.assert_array_equal(EmbeddingModel.load(tmp_path / "full").encode(TEXTS), model.encode(TEXTS))
 
 
+# ----------------------------------------------------------------------------------- code in a model folder
+EVIL = """import pathlib
+
+pathlib.Path({marker!r}).write_text("remote code ran")
+from transformers import LlamaConfig, LlamaModel
+
+
+class EvilConfig(LlamaConfig):
+    model_type = {model_type!r}
+
+
+class EvilModel(LlamaModel):
+    config_class = EvilConfig
+"""
+
+
+def ship_code(folder, marker, config_file="config.json", model_type="llama"):
+    """Make a model or tokenizer folder name code of its own that writes ``marker`` when it is imported."""
+    path = folder / config_file
+    config = json.loads(path.read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    if config_file == "config.json":
+        config["model_type"] = model_type
+    path.write_text(json.dumps(config))
+    (folder / "evil.py").write_text(EVIL.format(marker=str(marker), model_type=model_type))
+
+
+@pytest.fixture
+def crafted(make, tiny_llama, tmp_path):
+    """``crafted(where)``: a saved model whose backbone weights, tokenizer, referenced backbone or poolattn.json
+    asks for code of its own; returns (folder, marker the code would write)."""
+
+    def build(where):
+        marker = tmp_path / f"ran-{where}"
+        folder = tmp_path / where
+        make("eos").save(folder, backbone_weights=where == "weights")
+        meta = json.loads((folder / "poolattn.json").read_text())
+        if where == "weights":
+            ship_code(folder / "backbone", marker)
+        elif where == "tokenizer":
+            ship_code(folder / "tokenizer", marker, "tokenizer_config.json")
+        elif where == "reference":
+            backbone = tmp_path / "backbone-with-code"
+            shutil.copytree(tiny_llama, backbone)
+            ship_code(backbone, marker)
+            (folder / "poolattn.json").write_text(json.dumps({**meta, "backbone": str(backbone)}))
+        else:
+            (folder / "poolattn.json").write_text(json.dumps({**meta, "trust_remote_code": True}))
+        return folder, marker
+
+    return build
+
+
+@pytest.fixture
+def modules_cache(monkeypatch, tmp_path):
+    """Code that does run is copied into a private modules cache, not the user's."""
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+
+
+@pytest.mark.parametrize("where", ["weights", "tokenizer", "reference", "declared"])
+def test_a_folder_asking_to_run_its_code_is_refused_unless_the_caller_trusts_it(crafted, modules_cache, where):
+    folder, marker = crafted(where)
+    with pytest.raises(BackboneError, match=r"ships Python code .* refused\. Pass --trust-remote-code"):
+        EmbeddingModel.load(folder)
+    assert not marker.exists()
+    model = EmbeddingModel.load(folder, trust_remote_code=True)  # the caller's word alone allows it
+    assert model.encode(["a text"]).shape == (1, 32)
+    assert marker.exists() == (where in ("weights", "reference"))  # the tokenizer's code is never imported here
+
+
+def test_encode_refuses_a_folder_with_code_and_names_the_flag(crafted, modules_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+
+    folder, marker = crafted("weights")
+    (tmp_path / "texts.txt").write_text("a text\n")
+    args = ["encode", str(folder), "-i", str(tmp_path / "texts.txt"), "-o", str(tmp_path / "v.npy")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "--trust-remote-code" in result.output
+    assert not marker.exists() and not (tmp_path / "v.npy").exists()
+    assert CliRunner().invoke(app, [*args, "--trust-remote-code"]).exit_code == 0
+    assert marker.exists() and np.load(tmp_path / "v.npy").shape == (1, 32)
+
+
+def test_code_the_folder_check_cannot_see_is_refused_by_transformers(crafted, monkeypatch, tiny_llama, tmp_path):
+    """A hub repository's files are not inspected before loading: transformers' own refusal names the flag too."""
+    marker = tmp_path / "ran"
+    backbone = tmp_path / "hub-like"
+    shutil.copytree(tiny_llama, backbone)
+    ship_code(backbone, marker, model_type="poolattn_test_evil")  # a family transformers does not know
+    monkeypatch.setattr("poolattn.backbone.ships_code", lambda folder: False)
+    with pytest.raises(BackboneError, match="--trust-remote-code"):
+        EmbeddingModel.from_backbone(backbone)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("max_length", [1, 0, -3])
+def test_a_saved_model_refuses_a_max_length_below_two(make, tmp_path, max_length):
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+
+    make("eos").save(tmp_path / "m")
+    with pytest.raises(ValueError, match=f"max_length must be at least 2, got {max_length}"):
+        EmbeddingModel.load(tmp_path / "m", max_length=max_length)
+    assert EmbeddingModel.load(tmp_path / "m", max_length=2).config.max_length == 2
+    (tmp_path / "texts.txt").write_text("a text\nanother\n")
+    args = ["encode", str(tmp_path / "m"), "-i", str(tmp_path / "texts.txt"), "-o", str(tmp_path / "v.npy")]
+    result = CliRunner().invoke(app, [*args, "--max-length", str(max_length)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and f"max_length must be at least 2, got {max_length}" in result.output
+    assert not (tmp_path / "v.npy").exists()
+
+
+# ------------------------------------------------------------------------------------------- fingerprints
+def test_fingerprint_tells_apart_any_change_of_weights_and_is_cached(make, tmp_path, monkeypatch):
+    import poolattn.fingerprints
+
+    model, twin = make("latent"), make("latent")
+    assert model.fingerprint() == twin.fingerprint()  # same seed, bit-identical weights
+    assert make("latent", seed=1).fingerprint() != model.fingerprint()  # another head initialisation
+    assert make("latent", dtype="bfloat16").fingerprint() != model.fingerprint()
+    hashed = []
+    real = poolattn.fingerprints.tensors_fingerprint
+    monkeypatch.setattr(poolattn.fingerprints, "tensors_fingerprint", lambda state: hashed.append(1) or real(state))
+    first = model.fingerprint()
+    assert model.fingerprint() == first and hashed == []  # cached: nothing changed
+    with torch.no_grad():
+        twin.backbone.norm.weight[0] += 1e-3  # one backbone weight, in place
+        next(model.pooler.parameters()).view(-1)[0] += 1e-3  # one head weight
+    assert twin.fingerprint() != first
+    changed = model.fingerprint()
+    assert changed not in (first, twin.fingerprint()) and hashed == [1, 1]
+    model.add_lora(r=2, alpha=4, dropout=0.0)  # an adapter that adds nothing yet (B = 0) still counts
+    assert model.fingerprint() not in (first, changed)
+    model.save(tmp_path / "m")
+    assert EmbeddingModel.load(tmp_path / "m").fingerprint() == model.fingerprint()
+
+
 @pytest.mark.parametrize("pooling", ["eos", "multilayer"])
 def test_sentence_transformers_export_gives_same_vectors(make, tmp_path, pooling):
     from sentence_transformers import SentenceTransformer
@@ -151,12 +296,13 @@ def test_sentence_transformers_export_gives_same_vectors(make, tmp_path, pooling
     from poolattn.st_export import export
 
     model = make(pooling, "bidirectional")
-    export(model, tmp_path / "st")
+    export(model, tmp_path / "st", instruction="Find it")
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu", trust_remote_code=True)
     np.testing.assert_allclose(st.encode(TEXTS), model.encode(TEXTS), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(
-        st.encode(TEXTS, prompt="Find it"), model.encode(TEXTS, instruction="Find it"), rtol=0, atol=1e-6
-    )
+    # a sentence-transformers prompt is the text's prefix: the instruction in poolattn's template
+    query = model.encode(TEXTS, instruction="Find it")
+    np.testing.assert_allclose(st.encode_query(TEXTS), query, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(st.encode(TEXTS, prompt="Instruct: Find it\nQuery: "), query, rtol=0, atol=1e-6)
     assert st.get_embedding_dimension() == 32
 
 

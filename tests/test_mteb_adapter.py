@@ -12,7 +12,7 @@ import mteb
 import numpy as np
 import pytest
 from mteb.types import PromptType
-from test_evaluate import HashEncoder
+from test_evaluate import HashEncoder, counted, save_untrained_and_trained
 
 from poolattn.evaluate import evaluate_model, offline
 from poolattn.evaluate.mteb_adapter import (
@@ -152,3 +152,27 @@ def test_run_mteb_argument_errors(tmp_path: Path) -> None:
         run_mteb(HashEncoder(), ["STS12"], "MTEB(eng, v1)", tmp_path)
     with pytest.raises((ValueError, KeyError)):
         run_mteb(HashEncoder(), ["NoSuchTask"], None, tmp_path)
+
+
+def test_mteb_results_are_filed_under_the_exact_model(tiny_llama: Path, tmp_path: Path) -> None:
+    from poolattn import EmbeddingModel
+    from poolattn.evaluate.encoders import encoder_identity, identity_hash
+
+    folders = save_untrained_and_trained(tiny_llama, tmp_path / "models")
+    untrained, trained = (counted(EmbeddingModel.load(f)) for f in folders)
+    out = tmp_path / "mteb"
+    (of_trained,) = run_mteb(trained, [as_mteb_task("WordSim353STS")], None, out, progress=False)
+    (of_untrained,) = run_mteb(untrained, [as_mteb_task("WordSim353STS")], None, out, progress=False)
+    assert untrained.calls  # not the trained model's stored result
+    assert of_untrained["main_score"] != of_trained["main_score"]
+    expected = identity_hash(encoder_identity(untrained, untrained.config_hash(), "fp32"))
+    assert of_untrained["revision"] == expected != of_trained["revision"]
+    assert of_untrained["weights"] == untrained.fingerprint() and of_untrained["precision"] == "fp32"
+    calls = len(untrained.calls)
+    run_mteb(untrained, [as_mteb_task("WordSim353STS")], None, out, progress=False)
+    assert len(untrained.calls) == calls  # the same model again: mteb's cache serves it
+    (bf16,) = evaluate_model(
+        untrained, out, suite="mteb", precision="bf16", device="cpu", tasks=[as_mteb_task("WordSim353STS")]
+    )
+    assert len(untrained.calls) > calls  # another precision is another revision
+    assert bf16["precision"] == "bf16" and bf16["revision"] != of_untrained["revision"]

@@ -5,17 +5,22 @@ Every test writes a synthetic study folder by hand (no model is run), so the num
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from poolattn import stats
+from poolattn.study.conclusions import PAPER_DELTAS
+from poolattn.study.plots import plot_losses, training_chance
 from poolattn.study.report import fmt, fmt_p, render_report
-from poolattn.study.results import PAPER_DELTAS, average_per_sample
+from poolattn.study.results import average_per_sample, load_results
 
 DESIGNS = {
     "M1": ("causal", "eos"),
@@ -47,18 +52,41 @@ def write(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload))
 
 
-def make_study(folder: Path, *, seeds: tuple[int, ...] = (0,), layers: bool = True, missing: str | None = None) -> Path:
-    """A finished study folder in the layout ``poolattn.experiment`` writes."""
+CHANCE = math.log(16)
+
+
+def heldout_numbers(before: float, after: float) -> dict:
+    """A training summary's held-out section: losses before and after, chance of 16 candidates per query."""
+    return {
+        stage: {"heldout_loss": loss, "heldout_top1": top1, "chance_loss": CHANCE, "chance_top1": 1 / 16,
+                "heldout_records": 64.0}
+        for stage, loss, top1 in (("before", before, 0.1), ("after", after, 0.6))
+    }  # fmt: skip
+
+
+def make_study(
+    folder: Path,
+    *,
+    seeds: tuple[int, ...] = (0,),
+    layers: bool = True,
+    missing: str | None = None,
+    heldout: dict[str, tuple[float, float]] | None = None,
+    twin: bool = False,
+    precision: str | None = None,
+) -> Path:
+    """A finished study folder in the layout ``poolattn.experiment`` writes. ``heldout``: design -> held-out loss
+    (before, after) in its training summaries; ``twin``: add M0, the untrained twin of M1."""
     tasks = {f"{c}-{i}": c for c, n in DATASETS.items() for i in range(n)}
     cells = []
-    for design, (_attention, pooling) in DESIGNS.items():
-        for seed in seeds:
-            name = f"{design}-s{seed}"
+    designs = {**({"M0": ("causal", "eos")} if twin else {}), **DESIGNS}
+    for design, (_attention, pooling) in designs.items():
+        for seed in seeds if design != "M0" else (None,):
+            name = f"{design}-s{seed}" if seed is not None else design
             cells.append({"name": name, "design": design, "seed": seed, "hash": f"h{name}"})
             if name == missing:
                 continue
             for task, category in tasks.items():
-                scores = per_sample_scores(design, category, int(task.split("-")[1]), seed)
+                scores = per_sample_scores(design, category, int(task.split("-")[1]), 99 if seed is None else seed)
                 write(
                     folder / "cells" / name / "eval" / f"{task}.json",
                     {
@@ -71,6 +99,18 @@ def make_study(folder: Path, *, seeds: tuple[int, ...] = (0,), layers: bool = Tr
                             "score": scores,
                         },
                     },
+                )
+            if seed is None:
+                write(
+                    folder / "cells" / name / "cell.json",
+                    {"name": name, "seed": None, "hash": f"h{name}", "complete": True, "head_parameters": 0,
+                     "train": None, "eval": {"suite": "offline", "dir": "eval", "tasks": list(tasks)}},
+                )  # fmt: skip
+                continue
+            if heldout and design in heldout:
+                write(
+                    folder / "cells" / name / "train" / "train_summary.json",
+                    {"heldout": heldout_numbers(*heldout[design])},
                 )
             loss_log = folder / "cells" / name / "train" / "train_log.jsonl"
             loss_log.parent.mkdir(parents=True, exist_ok=True)
@@ -101,11 +141,18 @@ def make_study(folder: Path, *, seeds: tuple[int, ...] = (0,), layers: bool = Tr
         "reference": "M1",
         "seeds": list(seeds),
         "designs": [
-            {"name": d, "attention": a, "pooling": p, "options": {}, "train": True, "label": ""}
-            for d, (a, p) in DESIGNS.items()
+            {"name": d, "attention": a, "pooling": p, "options": {}, "train": d != "M0", "label": ""}
+            for d, (a, p) in designs.items()
         ],
         "model": {"backbone": "default", "dtype": "float32", "max_length": 64},
-        "eval": {"suite": "offline", "profile": "quick", "tasks": None},
+        "data": {"hard_negatives": "none"},
+        "train": {"batch_size": 16},
+        "eval": {
+            "suite": "offline",
+            "profile": "quick",
+            "tasks": None,
+            **({"precision": precision} if precision else {}),
+        },
         "stats": {"n_resamples": 500, "confidence": 0.95, "alpha": 0.05, "seed": 0},
         "source": "study.toml",
         "overrides": [],
@@ -305,3 +352,254 @@ def test_reference_must_be_finished(tmp_path: Path) -> None:
 def test_number_formatting() -> None:
     assert fmt(0.123456) == "0.1235" and fmt(-0.01, signed=True) == "-0.0100"
     assert fmt(math.nan) == "n/a" and fmt_p(0.0004) == "4.0e-04" and fmt_p(0.0312) == "0.031"
+
+
+# ------------------------------------------------------------------------------- what the study can conclude
+#: held-out loss (before, after) per design; chance is ln 16 = 2.773, 0.8 x chance = 2.218
+HELDOUT = {"M1": (2.80, 1.50), "M2": (2.80, 2.70), "M4": (1.60, 1.55), "M5": (2.90, 1.20)}
+
+
+@pytest.fixture
+def judged(tmp_path: Path) -> Path:
+    folder = make_study(tmp_path / "judged", heldout=HELDOUT, twin=True, precision="bf16")
+    render_report(folder)
+    return folder
+
+
+def test_learning_flags(judged: Path) -> None:
+    learning = json.loads((judged / "results.json").read_text())["learning"]
+    assert {d: v["status"] for d, v in learning.items()} == {
+        "M0": "untrained",
+        "M1": "learned",
+        "M2": "did not learn",  # 2.70 > 0.8 x chance
+        "M4": "did not learn",  # below 0.8 x chance, but only 3% below where it started
+        "M5": "learned",
+    }
+    assert [d for d, v in learning.items() if v["flagged"]] == ["M2", "M4"]
+    assert learning["M2"]["seeds"]["0"]["reasons"] == [
+        "held-out loss 2.700 > 0.8 × chance 2.773",
+        "held-out loss fell only 3.6% from 2.800 before training",
+    ]
+    assert learning["M4"]["seeds"]["0"]["reasons"] == ["held-out loss fell only 3.1% from 1.600 before training"]
+    assert learning["M5"]["seeds"]["0"]["ratio"] == pytest.approx(1.20 / CHANCE)
+    markdown = (judged / "report.md").read_text()
+    rows = table1_rows(markdown)
+    assert set(rows) == {"M0", "M1", "M2 (did not learn)", "M4 (did not learn)", "M5"}
+    assert all(cell.startswith("(") and cell.endswith(")") for cell in rows["M2 (did not learn)"])
+    assert not rows["M5"][0].startswith("(")
+    assert "(did not learn): M2, M4 — see" in markdown
+    training = markdown.split("## Did training learn?")[1].split("\n## ")[0]
+    assert "| M2 | **did not learn** | 2.800 → 2.700 | 2.773 | 0.97 |" in training
+    assert "| M5 | learned | 2.900 → 1.200 | 2.773 | 0.43 |" in training
+
+
+def test_not_measured_in_an_older_folder(study: Path) -> None:
+    learning = json.loads((study / "results.json").read_text())["learning"]
+    assert {v["status"] for v in learning.values()} == {"not measured"}
+    assert not any(v["flagged"] for v in learning.values())
+    markdown = (study / "report.md").read_text()
+    assert "not measured: the training summary holds no held-out numbers" in markdown
+    assert "- Evaluation precision: not recorded" in markdown
+
+
+def test_trained_against_its_untrained_twin(judged: Path) -> None:
+    twin = json.loads((judged / "results.json").read_text())["learning"]["M1"]["twin"]
+    assert twin["design"] == "M0"
+    tasks = sorted(p.stem for p in (judged / "cells" / "M0" / "eval").glob("*.json"))
+    score = {
+        d: {t: json.loads((judged / "cells" / c / "eval" / f"{t}.json").read_text()) for t in tasks}
+        for d, c in (("M0", "M0"), ("M1", "M1-s0"))
+    }
+    expected = np.mean([score["M1"][t]["main_score"] for t in tasks]) - np.mean(
+        [score["M0"][t]["main_score"] for t in tasks]
+    )
+    assert twin["all"]["delta"] == pytest.approx(expected, abs=1e-12)
+    ordered = sorted(tasks, key=lambda t: (["sts", "classification", "retrieval"].index(t.split("-")[0]), t))
+    pairs = [(score["M0"][t]["per_sample"], score["M1"][t]["per_sample"]) for t in ordered]
+    assert twin["all"]["pvalue"] == stats.compare_category(pairs, n_resamples=500, seed=0)["pvalue"]
+    assert (
+        "M1 against its untrained twin M0 (same attention, pooling and options) on the suite"
+        in (judged / "report.md").read_text()
+    )
+    for name in ("M2", "M4", "M5"):  # no untrained design shares their pooling
+        assert json.loads((judged / "results.json").read_text())["learning"][name]["twin"] is None
+
+
+def test_paper_directions_leave_out_designs_that_did_not_learn(judged: Path) -> None:
+    results = json.loads((judged / "results.json").read_text())
+    comparison = results["paper_comparison"]
+    assert {r["design"] for r in comparison["rows"]} == {"M2", "M4", "M5"}  # M0 is untrained: not the paper's
+    assert {r["design"] for r in comparison["rows"] if not r["design_effect"]} == {"M2", "M4"}
+    assert comparison["not_counted"] == ["M2", "M4"]
+    tested = [r for r in comparison["rows"] if r["design"] == "M5"]
+    k = sum(r["agree"] for r in tested)
+    assert comparison["sign_test"]["k"] == k and comparison["sign_test"]["n"] == len(tested) == 3
+    assert comparison["sign_test"]["pvalue"] == scipy.stats.binomtest(k, 3, 0.5, alternative="greater").pvalue
+    for claim in comparison["claims"]:
+        assert "M2" not in claim["designs"] and "M4" not in claim["designs"]
+        if "bidirectional" in claim["claim"]:
+            assert claim["excluded"] == ["M4"]
+    markdown = (judged / "report.md").read_text()
+    assert f"agrees with the paper in **{k} of 3** counted" in markdown
+    assert "not a design effect (did not learn)" in markdown
+
+
+def test_claims_hold_only_where_our_test_is_significant(study: Path) -> None:
+    results = json.loads((study / "results.json").read_text())
+    table = results["table1"]
+    words = {"help STS": "sts", "help retrieval": "retrieval", "do not help classification": "classification"}
+    claims = {c["claim"].split(") ")[-1]: c for c in results["paper_comparison"]["claims"] if "best" not in c}
+    assert set(claims) == set(words)  # no clustering in this study
+    # M5 +0.08 and M4 -0.03 on STS, both significant: the claim holds for one and is contradicted by the other
+    assert {n: d["verdict"] for n, d in claims["help STS"]["designs"].items()} == {"M4": "contradicted", "M5": "holds"}
+    assert claims["help STS"]["verdict"] == "mixed"
+    for text, category in words.items():
+        for name, design in claims[text]["designs"].items():
+            sign = 1 if text.startswith("help") else -1
+            delta, significant = table[name][category]["delta"], "†" in table[name][category]["marks"]
+            expected = "not resolved" if not significant else "holds" if delta * sign > 0 else "contradicted"
+            assert design["verdict"] == expected
+    best = [c for c in results["paper_comparison"]["claims"] if "best" in c]
+    assert [(c["best"], c["runner_up"], c["verdict"]) for c in best] == [("M5", "M2", "holds"), ("M5", "M4", "holds")]
+    sign_test = results["paper_comparison"]["sign_test"]
+    k, n = sign_test["k"], sign_test["n"]
+    assert n == 9 and sign_test["pvalue"] == pytest.approx(sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n)
+
+
+def test_power_line(study: Path) -> None:
+    results = json.loads((study / "results.json").read_text())
+    entries = [results["table1"][d][c] for d in ("M2", "M4", "M5") for c in results["categories"]]
+    level = 0.05 / len(entries)
+    for entry in entries:
+        within = entry["within"]
+        assert 39 - 1e-9 <= within["df"] <= entry["n_datasets"] * 39 + 1e-9  # Welch: 40 samples per dataset
+        assert within["n_seeds"] == 1 and within["se_total"] == within["se"]
+        t = scipy.stats.t(within["df"])
+        assert within["mde"] == pytest.approx((t.ppf(1 - level / 2) + t.ppf(0.8)) * within["se"], rel=1e-12)
+    markdown = (study / "report.md").read_text()
+    for category, label in (("sts", "STS"), ("classification", "Class."), ("retrieval", "Retr.")):
+        mdes = [results["table1"][d][category]["within"]["mde"] for d in ("M2", "M4", "M5")]
+        assert results["power"][category]["median"] == pytest.approx(np.median(mdes))
+        assert f"{label} {np.median(mdes):.3f}" in markdown.split("- Power:")[1].split("\n")[0]
+    assert "at 0.05/9 = 0.0056" in markdown
+    assert "One training seed (0): the tests see the evaluation samples' noise only" in markdown
+
+
+def test_seeds_enter_the_category_test(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "seeds", seeds=(0, 1, 2))
+    render_report(folder)
+    results = json.loads((folder / "results.json").read_text())
+    names = sorted(p.stem for p in (folder / "cells" / "M1-s0" / "eval").glob("sts-*.json"))
+
+    def runs(design: str, seed: int) -> dict:
+        return {
+            t: json.loads((folder / "cells" / f"{design}-s{seed}" / "eval" / f"{t}.json").read_text()) for t in names
+        }
+
+    deltas = [
+        np.mean([runs("M5", s)[t]["main_score"] - runs("M1", s)[t]["main_score"] for t in names]) for s in range(3)
+    ]
+    pairs = [
+        tuple(average_per_sample([runs(d, s)[t]["per_sample"] for s in range(3)]) for d in ("M1", "M5")) for t in names
+    ]
+    expected = stats.compare_category(pairs, n_resamples=500, seed=0, seed_deltas=deltas)
+    within = results["table1"]["M5"]["sts"]["within"]
+    assert within["n_seeds"] == 3 and within["se_seed"] == pytest.approx(np.std(deltas, ddof=1) / math.sqrt(3))
+    assert within["pvalue"] == pytest.approx(expected["pvalue"], rel=1e-9)
+    assert within["ci_low"] == pytest.approx(expected["ci_low"], rel=1e-9)
+    without = stats.compare_category(pairs, n_resamples=500, seed=0)  # evaluation noise only
+    assert within["ci_high"] - within["ci_low"] > without["ci_high"] - without["ci_low"]
+    assert within["se_total"] == pytest.approx(math.hypot(without["se"], within["se_seed"]))
+    assert "The `†` test adds the spread of each Δ over the seeds" in (folder / "report.md").read_text()
+
+
+def test_table1_as_csv_and_latex(judged: Path) -> None:
+    results = json.loads((judged / "results.json").read_text())
+    with open(judged / "results" / "table1.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5 * 3
+    for row in rows:
+        entry = results["table1"][row["design"]][row["category"]]
+        assert float(row["score"]) == entry["score"]  # full precision
+        assert row["learning"] == results["learning"][row["design"]]["status"]
+        if row["design"] == "M1":
+            assert row["delta"] == row["permutation_p"] == row["mde"] == ""
+        else:
+            assert float(row["delta"]) == entry["delta"] and row["marks"] == entry["marks"]
+            assert float(row["permutation_p_holm"]) == entry["within"]["pvalue_holm"]
+            assert float(row["mde"]) == entry["within"]["mde"]
+    tex = (judged / "results" / "table1.tex").read_text()
+    assert tex.count(r"\\") == 1 + 5 and r"\toprule" in tex and tex.rstrip().endswith(r"\end{tabular}")
+    sts = results["table1"]["M2"]["sts"]
+    assert rf"M2$^{{\circ}}$ & (${sts['delta']:+.4f}^{{*\dagger}}$)" in tex
+    assert rf"\textbf{{M1}} & \textbf{{{results['table1']['M1']['sts']['score']:.4f}}}" in tex
+    assert not list((judged / "results").glob(".*.tmp"))  # written through a temporary file, none left
+
+
+def test_environment_lists_the_evaluation_precision(judged: Path) -> None:
+    assert "- Evaluation precision: bf16 (bfloat16 autocast)" in (judged / "report.md").read_text()
+
+
+def test_loss_plot_shows_chance(judged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = load_results(judged)
+    assert training_chance(results) == (math.log(16), 16, 0)  # held-out chance ln 16 with batches of 16
+    summary = judged / "cells" / "M1-s0" / "train" / "train_summary.json"
+    payload = json.loads(summary.read_text())
+    payload["heldout"]["after"]["chance_loss"] = math.log(32)  # a hard negative per record
+    summary.write_text(json.dumps(payload))
+    for design in ("M2", "M4", "M5"):
+        (judged / "cells" / f"{design}-s0" / "train" / "train_summary.json").unlink()
+    results = load_results(judged)
+    assert training_chance(results) == (math.log(32), 32, 1)
+    import matplotlib.axes
+
+    drawn = []
+    original = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "axhline",
+        lambda ax, y=0, *a, **k: drawn.append((y, k.get("label"))) or original(ax, y, *a, **k),
+    )
+    plot_losses(results, judged / "plots" / "loss.png")
+    assert drawn == [(math.log(32), "chance: ln 32 (16 positives + 16 hard negatives)")]
+    older = make_study(judged.parent / "older")  # no held-out numbers: batch size and data.hard_negatives
+    assert training_chance(load_results(older)) == (math.log(16), 16, 0)
+
+
+def test_a_reference_that_did_not_learn_leaves_no_design_effect(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "flat", heldout={**HELDOUT, "M1": (2.80, 2.79)})
+    render_report(folder)
+    results = json.loads((folder / "results.json").read_text())
+    comparison = results["paper_comparison"]
+    assert not comparison["reference_learned"] and comparison["not_counted"] == ["M2", "M4", "M5"]
+    assert comparison["sign_test"]["n"] == 0 and math.isnan(comparison["sign_test"]["pvalue"])
+    assert {c["verdict"] for c in comparison["claims"]} == {"not resolved"}
+    markdown = (folder / "report.md").read_text()
+    assert "the reference M1 is among them, so no Δ of this table is one" in markdown
+    assert (
+        "No comparison is counted" in markdown and "Not counted (the reference did not learn): M2, M4, M5" in markdown
+    )
+
+
+def test_the_papers_exact_head_is_counted_and_a_variant_is_shown(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "variants")
+    shutil.copytree(folder / "cells" / "M5-s0", folder / "cells" / "M5+-s0")
+    record = json.loads((folder / "cells" / "M5+-s0" / "cell.json").read_text())
+    (folder / "cells" / "M5+-s0" / "cell.json").write_text(json.dumps({**record, "name": "M5+-s0", "hash": "hM5+"}))
+    study = json.loads((folder / "study.json").read_text())
+    designs = study["config"]["designs"]
+    m5 = next(d for d in designs if d["name"] == "M5")
+    m5["options"] = {"layer_pooling": "mean", "layer_norm": "none"}  # the paper's M5
+    designs.insert(designs.index(m5), {**m5, "name": "M5+", "options": {}})  # listed first, still not counted
+    study["cells"].append({"name": "M5+-s0", "design": "M5+", "seed": 0, "hash": "hM5+"})
+    (folder / "study.json").write_text(json.dumps(study))
+    render_report(folder)
+    comparison = json.loads((folder / "results.json").read_text())["paper_comparison"]
+    counted = {r["design"] for r in comparison["rows"] if r["counted"]}
+    assert counted == {"M2", "M4", "M5"} and comparison["sign_test"]["n"] == 9
+    assert {(r["design"], r["exact_head"]) for r in comparison["rows"] if r["paper_design"] == "M5"} == {
+        ("M5", True),
+        ("M5+", False),
+    }
+    assert "| M5+ | M5 | STS |" in (folder / "report.md").read_text()
+    assert "variant, not counted" in (folder / "report.md").read_text()

@@ -640,3 +640,107 @@ def test_significance_mark():
     assert stats.significance_mark(0.05) == ""
     assert stats.significance_mark(float("nan")) == ""
     assert stats.significance_mark(0.02, alpha=0.01) == ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Power, training noise and the sign test
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_minimum_detectable_effect_matches_the_textbook_sample_size():
+    # paired design, sd 1, effect 0.5, alpha 0.05, power 0.8: n = ((z_.975 + z_.8) / 0.5)^2 = 31.4 pairs
+    z = scipy.stats.norm.ppf(0.975) + scipy.stats.norm.ppf(0.8)
+    assert z == pytest.approx(2.8016, abs=1e-4)
+    n = (z / 0.5) ** 2
+    assert stats.minimum_detectable_effect(1 / math.sqrt(n)) == pytest.approx(0.5, rel=1e-12)
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.1, 0.3, 50)
+    assert stats.paired_mde(d) == pytest.approx(z * d.std(ddof=1) / math.sqrt(50), rel=1e-12)
+    t = scipy.stats.t(4)
+    assert stats.minimum_detectable_effect(0.1, df=4) == pytest.approx((t.ppf(0.975) + t.ppf(0.8)) * 0.1)
+    assert stats.minimum_detectable_effect(0.1, alpha=0.01, power=0.9) == pytest.approx(
+        (scipy.stats.norm.ppf(0.995) + scipy.stats.norm.ppf(0.9)) * 0.1
+    )
+    assert math.isnan(stats.minimum_detectable_effect(math.nan))
+    with pytest.raises(ValueError, match="power"):
+        stats.minimum_detectable_effect(0.1, power=1.0)
+    with pytest.raises(ValueError, match="se"):
+        stats.minimum_detectable_effect(-0.1)
+
+
+def test_the_category_test_finds_the_minimum_detectable_effect_with_80_percent_power():
+    """Simulate datasets whose true Δ is the MDE computed from the true standard error: the study's own
+    permutation test (compare_category) must reject at alpha in about 80% of them."""
+    n, sd, alpha, sims = 60, 0.2, 0.05, 300
+    mde = stats.minimum_detectable_effect(sd / math.sqrt(n), alpha=alpha, df=n - 1)
+    rng = np.random.default_rng(1)
+    rejected = 0
+    for i in range(sims):
+        a = rng.uniform(0, 1, n)
+        b = a + mde + rng.normal(0, sd, n)
+        result = stats.compare_category([(_mean_samples(a), _mean_samples(b))], n_resamples=400, seed=i)
+        rejected += result["pvalue"] < alpha
+        if i == 0:  # the bootstrap standard error estimates sd / sqrt(n), with n - 1 degrees of freedom
+            assert result["se"] == pytest.approx(sd / math.sqrt(n), rel=0.25) and result["df"] == pytest.approx(n - 1)
+    assert abs(rejected / sims - 0.8) < 0.08  # binomial sd at 300 draws: 0.023
+
+
+def test_seed_convolved_pvalue_limits():
+    rng = np.random.default_rng(2)
+    permuted = rng.normal(0, 0.01, 999)
+    observed = 0.02
+    # no training noise: the permutation p-value
+    plain = (1 + np.count_nonzero(np.abs(permuted) >= observed)) / 1000
+    assert stats.seed_convolved_pvalue(observed, permuted, 0.0, math.inf) == plain
+    assert stats.seed_convolved_pvalue(observed, permuted, math.nan, math.inf) == plain
+    # no evaluation noise: the one-sample t-test over seeds
+    deltas = [0.05, 0.01, 0.03]
+    se, n_seeds = stats.seed_spread(deltas)
+    assert (se, n_seeds) == (pytest.approx(np.std(deltas, ddof=1) / math.sqrt(3)), 3)
+    t_test = scipy.stats.ttest_1samp(deltas, 0.0).pvalue
+    p = stats.seed_convolved_pvalue(float(np.mean(deltas)), np.zeros(999), se, 2)
+    assert p == pytest.approx((1 + 999 * t_test) / 1000, rel=1e-9)
+    assert stats.seed_spread([0.1]) == (pytest.approx(math.nan, nan_ok=True), 1)
+
+
+def test_satterthwaite_df_is_welchs():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0, 1, 12), rng.normal(0, 3, 30)
+    welch = scipy.stats.ttest_ind(x, y, equal_var=False)
+    parts = [(x.var(ddof=1) / 12, 11), (y.var(ddof=1) / 30, 29)]
+    assert stats.satterthwaite_df(parts) == pytest.approx(welch.df, rel=1e-12)
+    assert stats.satterthwaite_df([(0.01, math.inf), (0.01, 3)]) == pytest.approx(3 * 4)  # total = 2 x the estimate
+    assert stats.satterthwaite_df([(0.0, math.inf), (0.01, 3)]) == pytest.approx(3)
+    assert stats.satterthwaite_df([(0.01, math.inf)]) == math.inf and stats.satterthwaite_df([]) == math.inf
+
+
+def test_compare_category_with_seeds():
+    a, b = _design_pair("mean", 40, seed=3)
+    plain = stats.compare_category([(a, b)], n_resamples=300, seed=5)
+    assert plain["n_seeds"] == 1 and plain["se_total"] == plain["se"]
+    assert plain["df"] == pytest.approx(39)  # one dataset of 40 samples
+    same = stats.compare_category([(a, b)], n_resamples=300, seed=5, seed_deltas=[0.02, 0.02, 0.02])
+    assert {k: same[k] for k in ("diff", "ci_low", "ci_high", "pvalue")} == {
+        k: plain[k] for k in ("diff", "ci_low", "ci_high", "pvalue")
+    }  # identical seeds: no training noise
+    # Δ = 0.03 on every sample (no evaluation noise), seeds spread: the one-sample t-test over the seeds
+    base = np.linspace(0.1, 0.6, 2000)
+    shifted = stats.compare_category(
+        [(_mean_samples(base), _mean_samples(base + 0.03))], n_resamples=999, seed=0, seed_deltas=[0.05, 0.01, 0.03]
+    )
+    assert shifted["df"] == pytest.approx(2)  # the seeds' part alone: S - 1
+    assert shifted["pvalue"] == pytest.approx(scipy.stats.ttest_1samp([0.05, 0.01, 0.03], 0).pvalue, abs=0.01)
+    assert shifted["ci_low"] < 0 < shifted["ci_high"]  # the interval sees the seeds too
+    noisy = stats.compare_category([(a, b)], n_resamples=300, seed=5, seed_deltas=[0.0, 0.05, 0.1])
+    assert noisy["pvalue"] > plain["pvalue"] and noisy["ci_high"] - noisy["ci_low"] > plain["ci_high"] - plain["ci_low"]
+
+
+def test_sign_agreement_against_a_coin():
+    # 8 of 16 is a coin's result: P(X >= 8) for Binomial(16, 1/2)
+    coin = stats.sign_agreement([True] * 8 + [False] * 8)
+    assert coin["pvalue"] == pytest.approx(sum(math.comb(16, k) for k in range(8, 17)) / 2**16, rel=1e-12)
+    assert coin["pvalue"] == pytest.approx(0.5982, abs=1e-4) and coin["expected"] == 8
+    strong = stats.sign_agreement([True] * 13 + [False] * 3)
+    assert strong["pvalue"] == scipy.stats.binomtest(13, 16, 0.5, alternative="greater").pvalue
+    assert strong["pvalue"] < 0.05 and (strong["k"], strong["n"]) == (13, 16)
+    assert math.isnan(stats.sign_agreement([])["pvalue"])

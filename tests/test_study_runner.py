@@ -162,8 +162,20 @@ def test_changed_design_is_recomputed_alone(study_copy: tuple[Path, Path], monke
     trained = []
     real = poolattn.training.train
     monkeypatch.setattr(poolattn.training, "train", lambda config, **k: trained.append(config) or real(config, **k))
+    cell = finished_study / "cells" / "M2-s0"
+    stored = files(cell)
     run_experiment(study_file, finished_study, ["designs.M2.options.n_latents=2"], progress=False)
     assert [c.model.pooling_options for c in trained] == [{"n_latents": 2, "heads": 2}]
+    # the superseded cell (trained model, scores, records) was moved aside intact, not deleted
+    (kept,) = (finished_study / "cells" / ".superseded").iterdir()
+    assert kept.name.startswith("M2-s0-") and files(kept) == stored
+    assert "train/model/pooler.safetensors" in stored and "eval/FakeSTS.json" in stored
+    assert json.loads((cell / "cell.json").read_text())["hash"] != json.loads(stored["cell.json"])["hash"]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_report_renders_from_stored_results_alone(study_copy: tuple[Path, Path], tmp_path: Path) -> None:

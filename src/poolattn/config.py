@@ -4,11 +4,12 @@ type checked. A :class:`ConfigError` carries the dotted key it is about, so a ca
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import types
 from collections.abc import Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -39,6 +40,16 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML: {err}") from None
+
+
+def to_toml(tree: dict[str, Any]) -> str:
+    """``tree`` as TOML text, unset (``None``) values omitted at every depth."""
+    import tomli_w
+
+    def prune(node: dict[str, Any]) -> dict[str, Any]:
+        return {k: prune(v) if isinstance(v, dict) else v for k, v in node.items() if v is not None}
+
+    return tomli_w.dumps(prune(tree))
 
 
 def parse_value(text: str) -> Any:
@@ -113,6 +124,14 @@ def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**values)
 
 
+def build_from(cls: type, raw: Any, source: str) -> Any:
+    """:func:`build_dataclass` of values read from ``source`` (a file): every error names it, one line."""
+    try:
+        return build_dataclass(cls, raw)
+    except (ConfigError, ValueError, TypeError) as err:
+        raise ConfigError(f"{source}: {err}", getattr(err, "key", None)) from None
+
+
 def check_type(value: Any, hint: Any, key: str) -> Any:
     """``value`` if it matches ``hint`` (ints are accepted as floats), else a :class:`ConfigError` about ``key``."""
     origin = get_origin(hint)
@@ -149,6 +168,41 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
 
 def type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: finite numbers from ``low`` to ``high`` (each end excluded when open)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def rule(self) -> str:
+        """What the value must be, for an error message ("positive", "in [0, 1)")."""
+        if self.high == math.inf:
+            if self.low == 0:
+                return "positive" if self.low_open else "non-negative"
+            return f"{'above' if self.low_open else 'at least'} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+    def check(self, key: str, value: float | None) -> None:
+        """Raise :class:`ConfigError` about ``key`` unless ``value`` is ``None`` or accepted."""
+        if value is not None and not self.accepts(value):
+            finite = "" if math.isfinite(value) else "finite and "
+            raise ConfigError(f"{key} must be {finite}{self.rule()}, got {value}", key)
+
+
+#: A count or size of at least 1, or a positive amount.
+POSITIVE = Range(0, low_open=True)
+#: Zero or more.
+NOT_NEGATIVE = Range(0)
 
 
 class KeyLocator:

@@ -13,7 +13,7 @@ import platform
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from importlib import metadata
@@ -66,6 +66,34 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
         handle.write("\n")
 
     write_atomic(path, dump)
+
+
+def move_aside(path: Path, folder: Path) -> Path:
+    """Move ``path`` into ``folder`` as ``<name>-<UTC time>`` (numbered when that exists) and return its new path:
+    superseded results are kept, never deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(path).name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    target, number = folder / stem, 1
+    while target.exists():
+        target, number = folder / f"{stem}-{number}", number + 1
+    os.replace(path, target)
+    return target
+
+
+def load_json_object(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON object stored at ``path``; a ``ValueError`` naming the file (and the line and column) when it is not
+    UTF-8 JSON, not an object, or lacks one of the ``required`` fields."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    if missing := [key for key in required if key not in value]:
+        raise ValueError(f"{path}: missing field {missing[0]!r}")
+    return value
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ._version import __version__
-from .backbone import check_attention, decoder_layers, load_backbone, resolve_dtype, run_backbone
+from .backbone import check_attention, decoder_layers, load_backbone, refuse_remote_code, resolve_dtype, run_backbone
+from .config import build_from
 from .dropout import speed_up_dropout
+from .fingerprints import ModuleFingerprint
+from .io import load_json_object
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
 from .workers import balance_tail, default_workers, map_in_threads
 
@@ -48,7 +51,6 @@ class EmbeddingConfig:
     max_length: int = 512
     instruction_template: str = DEFAULT_TEMPLATE
     pool_instruction: bool = True
-    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
@@ -111,6 +113,8 @@ class EmbeddingModel(nn.Module):
         )
         self._warned_truncation = False
         self._compiled: nn.Module | None = None  # see compile_backbone; kept out of the module tree
+        self._fingerprint = ModuleFingerprint()
+        self.trust_remote_code = False  # the caller's word (from_backbone, load), never read from a folder
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -123,9 +127,11 @@ class EmbeddingModel(nn.Module):
         pooling_options: dict[str, Any] | None = None,
         dtype: str = "float32",
         seed: int = 0,
+        trust_remote_code: bool = False,
         **config: Any,
     ) -> EmbeddingModel:
-        """Build a model from a hub id or local folder; trainable heads are initialised from ``seed``."""
+        """Build a model from a hub id or local folder; trainable heads are initialised from ``seed``. A backbone
+        that ships its own code is refused unless ``trust_remote_code``."""
         known = {f.name for f in fields(EmbeddingConfig)}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -143,12 +149,14 @@ class EmbeddingModel(nn.Module):
             name_or_path,
             dtype=dtype,
             attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code,
+            trust_remote_code=trust_remote_code,
         )
-        tokenizer = load_tokenizer(str(name_or_path), cfg.trust_remote_code)
+        tokenizer = load_tokenizer(str(name_or_path), trust_remote_code)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(cfg, backbone, tokenizer)
+            model = cls(cfg, backbone, tokenizer)
+        model.trust_remote_code = trust_remote_code
+        return model
 
     # ------------------------------------------------------------------ properties
     @property
@@ -165,6 +173,10 @@ class EmbeddingModel(nn.Module):
 
     def config_hash(self) -> str:
         return self.config.hash()
+
+    def fingerprint(self) -> str:
+        """A hash of every weight (backbone, adapter, head): equal only for bit-identical models (cached)."""
+        return self._fingerprint(self)
 
     # ------------------------------------------------------------------ tokenisation
     def format(self, text: str, instruction: str | None) -> tuple[str, int]:
@@ -404,13 +416,13 @@ class EmbeddingModel(nn.Module):
         alpha: int = 32,
         dropout: float = 0.1,
         target_modules: str | list[str] = "all-linear",
+        top_layers: int | None = None,
     ) -> None:
-        """Wrap the backbone with a PEFT LoRA adapter (only the adapter and the pooler then train). The adapters'
-        input dropout draws its CPU masks with :class:`~poolattn.dropout.FastDropout`."""
-        from peft import LoraConfig, get_peft_model
+        """Wrap the backbone with a PEFT LoRA adapter: only it and the pooler then train (``top_layers``: only the
+        last N layers', so backward stops there); its CPU dropout is :class:`~poolattn.dropout.FastDropout`."""
+        from .backbone import add_lora_adapter
 
-        lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
-        self.backbone = get_peft_model(self.backbone, lora)
+        self.backbone = add_lora_adapter(self.backbone, r, alpha, dropout, target_modules, top_layers)
         for module in self.backbone.modules():
             if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
                 speed_up_dropout(module.lora_dropout)
@@ -449,6 +461,7 @@ class EmbeddingModel(nn.Module):
             state = {k: v.detach().contiguous().cpu() for k, v in self.pooler.state_dict().items()}
             save_file(state, tmp / POOLER_FILE)
             config["poolattn_version"] = __version__
+            config["trust_remote_code"] = self.trust_remote_code  # informs load's refusal; never enables code
             config["config_hash"] = self.config.hash()
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
             replace_dir(tmp, target)
@@ -461,38 +474,44 @@ class EmbeddingModel(nn.Module):
         return getattr(self, "backbone_trained", False)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, dtype: str | None = None, **overrides: Any) -> EmbeddingModel:
-        """Load a folder written by ``save``; embeddings are identical to the saved model's."""
+    def load(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        **overrides: Any,
+    ) -> EmbeddingModel:
+        """Load a folder written by ``save``; embeddings are identical to the saved model's. ``overrides`` (e.g.
+        ``max_length=256``) replace saved settings and are checked like new ones. A folder whose backbone or
+        tokenizer ships its own code is refused unless the caller passes ``trust_remote_code``."""
         folder = Path(folder)
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a poolattn model folder (no {CONFIG_FILE})")
-        raw = json.loads(path.read_text())
+        raw = load_json_object(path, required=("backbone",))
         storage = raw.pop("backbone_storage", "reference")
-        raw.pop("poolattn_version", None)
-        raw.pop("config_hash", None)
+        declared = bool(raw.pop("trust_remote_code", False))
+        refuse_remote_code(str(folder), folder / "tokenizer", declared=declared, trusted=trust_remote_code)
         known = {f.name for f in fields(EmbeddingConfig)}
-        config = EmbeddingConfig(**{k: v for k, v in raw.items() if k in known})
-        if dtype is not None:
-            config.dtype = dtype
-        for key, value in overrides.items():
-            setattr(config, key, value)
+        saved = build_from(EmbeddingConfig, {k: v for k, v in raw.items() if k in known}, str(path))
+        config = replace(saved, **(overrides | ({"dtype": dtype} if dtype else {})))  # checked like new values
         source = folder / "backbone" if storage == "weights" else config.backbone
         backbone = load_backbone(
             source,
             dtype=config.dtype,
             attn_implementation=config.attn_implementation,
-            trust_remote_code=config.trust_remote_code,
+            trust_remote_code=trust_remote_code,
         )
         if storage == "adapter":
-            from peft import PeftModel
+            from .backbone import load_adapter
 
-            backbone = PeftModel.from_pretrained(backbone, folder / "adapter")
-            backbone.eval()
-        tokenizer = load_tokenizer(str(folder / "tokenizer"), config.trust_remote_code)
+            backbone = load_adapter(backbone, folder / "adapter")
+        tokenizer = load_tokenizer(str(folder / "tokenizer"), trust_remote_code)
         model = cls(config, backbone, tokenizer)
+        model.trust_remote_code = trust_remote_code
         model.pooler.load_state_dict(load_file(folder / POOLER_FILE))
-        model.backbone_trained = storage == "weights"
+        model.backbone_trained, model.folder = storage == "weights", folder  # folder: where its records are
         return model.eval()
 
 
@@ -617,8 +636,7 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int)
 def replace_dir(src: Path, target: Path) -> None:
     """Move a finished folder into place; an existing target is swapped out only after the new one is complete."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))  # unique to this run
         os.replace(target, old)
         os.replace(src, target)
         shutil.rmtree(old, ignore_errors=True)

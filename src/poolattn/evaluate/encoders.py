@@ -4,11 +4,13 @@ Any object with a ``name`` and ``encode(texts, *, instruction=None)`` returning 
 L2-normalised rows is an :class:`Encoder` (an ``EmbeddingModel``, or a sentence-transformers model via
 :class:`SentenceTransformerEncoder`). Instructions (e5-mistral style) are prepended by the encoder itself.
 Embeddings are cached per (instruction, text) within a run and shared by the tasks that need them
-(:class:`EmbeddingCache`).
+(:class:`EmbeddingCache`). :func:`encoder_identity` says which exact model a stored result belongs to.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
+
+from .._version import __version__
+from ..fingerprints import ModuleFingerprint, files_fingerprint
 
 NORM_TOLERANCE = 1e-3
 
@@ -34,6 +40,7 @@ class SentenceTransformerEncoder:
 
     ``instruction_template`` (e.g. ``"Instruct: {instruction}\\nQuery: {text}"``) formats instructions
     into the text; ``None`` (the default) ignores them, as models not trained with instructions expect.
+    Code shipped with the model runs only with ``trust_remote_code``.
     """
 
     def __init__(
@@ -45,21 +52,39 @@ class SentenceTransformerEncoder:
         max_seq_length: int | None = 256,
         batch_size: int = 64,
         device: str = "cpu",
+        trust_remote_code: bool = False,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
+        self.folder: Path | None = None
         if isinstance(model_or_path, str | os.PathLike):
-            self.model = SentenceTransformer(str(model_or_path), device=device)
+            self.model = SentenceTransformer(str(model_or_path), device=device, trust_remote_code=trust_remote_code)
             self.name = name or Path(model_or_path).name
+            self.folder = Path(model_or_path) if Path(model_or_path).is_dir() else None
         else:
             self.model = model_or_path
             self.name = name or type(model_or_path).__name__
+        self._folder_fingerprint: str | None = None
+        self._tensors_fingerprint = ModuleFingerprint()
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         if instruction_template is not None and "{text}" not in instruction_template:
             raise ValueError("instruction_template must contain '{text}' (and usually '{instruction}')")
         self.instruction_template = instruction_template
         self.batch_size = batch_size
+
+    @property
+    def max_length(self) -> int | None:
+        return self.model.max_seq_length
+
+    def fingerprint(self) -> str:
+        """A hash of the model folder's files (hashed once), or of the model's tensors when it came as an object
+        or from the hub."""
+        if self.folder is None:
+            return self._tensors_fingerprint(self.model)
+        if self._folder_fingerprint is None:
+            self._folder_fingerprint = files_fingerprint(self.folder)
+        return self._folder_fingerprint
 
     def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray:
         if instruction and self.instruction_template:
@@ -72,6 +97,52 @@ class SentenceTransformerEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vecs, dtype=np.float32)
+
+
+class Batched:
+    """An encoder whose ``encode`` calls pass ``batch_tokens`` (padded tokens per batch); every other attribute is
+    the wrapped encoder's."""
+
+    def __init__(self, encoder: Any, batch_tokens: int) -> None:
+        self.encoder, self.batch_tokens = encoder, batch_tokens
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "encoder":  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self.encoder, name)
+
+    def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray:
+        return self.encoder.encode(texts, instruction=instruction, batch_tokens=self.batch_tokens)
+
+
+def active_precision() -> str:
+    """The precision autocast computes in right now on a CPU or GPU (``bf16``, ``fp16``), else ``fp32``."""
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(torch.get_autocast_dtype(device), "fp32")
+    return "fp32"
+
+
+def encoder_identity(encoder: Encoder, config_hash: str | None, precision: str) -> dict[str, Any]:
+    """Everything about the model that decides its scores, so a stored result is reused only for the exact model:
+    ``config_hash``, the fingerprint of its weights (``fingerprint()``; ``None`` for an encoder without one, which
+    ``model_id`` and ``config_hash`` alone then identify), ``precision``, max length, instruction template and
+    poolattn's version."""
+    fingerprint = getattr(encoder, "fingerprint", None)
+    settings = getattr(encoder, "config", encoder)  # an EmbeddingModel's config, or the encoder's own attributes
+    return {
+        "config_hash": config_hash,
+        "weights": fingerprint() if callable(fingerprint) else None,
+        "precision": precision,
+        "max_length": getattr(settings, "max_length", None),
+        "instruction_template": getattr(settings, "instruction_template", None),
+        "poolattn_version": __version__,
+    }
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """A short hash of an identity (mteb's model revision)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 #: What a scorer calls to embed texts under an instruction (an :class:`EmbeddingCache`, or any such function).

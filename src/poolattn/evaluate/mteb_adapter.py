@@ -16,7 +16,7 @@ Hugging Face hub, hence internet access (mteb downloads and caches them on first
     run_mteb(model, tasks, None, "results/m1-mteb")
     # or a whole benchmark:  run_mteb(model, None, "MTEB(eng, v1)", "results/m1-mteb")
 
-(``poolattn eval runs/m1 --suite mteb --tasks STS12 SciFact --output DIR`` does the same.) Offline, the
+(``poolattn eval runs/m1 --suite mteb --tasks STS12,SciFact --output DIR`` scores two of them.) Offline, the
 poolattn suite's own tasks run through mteb too: :func:`as_mteb_task` turns one into an mteb task over the
 shipped data, which is how the tests check that the offline scorers agree with mteb.
 """
@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import mteb
 import numpy as np
@@ -42,11 +42,14 @@ from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
-from mteb.types import PromptType
+from mteb.types import Licenses, PromptType
 
+from .. import hub
 from ..io import SCORE_PACKAGES, package_versions, write_json_atomic
-from .encoders import Encoder
+from ..modelinfo import describe
+from .encoders import Encoder, active_precision, encoder_identity, identity_hash
 from .tasks import (
+    ALL_TASKS,
     QUERY_ONLY,
     ClassificationData,
     ClusteringData,
@@ -168,8 +171,10 @@ CATEGORY_OF_TYPE: dict[str, str] = {
 class MTEBEncoder(AbsEncoder):
     """``encoder`` as an mteb 2 encoder (``EncoderProtocol``, cosine similarity).
 
-    ``instructions`` override the defaults by mteb task name or task type (``"STS"``, ``"Retrieval"``...);
-    ``None`` or ``""`` means no instruction. ``name`` (``org/model``) and ``revision`` label the results.
+    ``instructions`` override the defaults by mteb task name or task type (``"STS"``, ``"Retrieval"``...) or, with
+    ``"*"``, for every task; ``None`` or ``""`` means no instruction. ``name`` (``org/model``) and ``revision``
+    label the results; the model's size, embedding dimension, max tokens, base model and its licence and its
+    training data fill the rest of mteb's ``ModelMeta`` where known (:func:`poolattn.modelinfo.describe`).
     """
 
     def __init__(
@@ -185,6 +190,9 @@ class MTEBEncoder(AbsEncoder):
         label = name or getattr(encoder, "name", None) or type(encoder).__name__
         if "/" not in label:
             label = "poolattn/" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+        known = {k: v for k, v in describe(encoder).items() if v is not None}
+        if known.get("license") not in get_args(Licenses):
+            known.pop("license", None)
         self.mteb_model_meta = ModelMeta.create_empty(
             {
                 "name": label,
@@ -192,14 +200,15 @@ class MTEBEncoder(AbsEncoder):
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "use_instructions": True,
                 "framework": ["PyTorch"],
+                **known,
             }
         )
 
     def instruction_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None) -> str | None:
-        """Override (task name, then task type) > paper default > the task's own prompt > mteb's default."""
+        """Override (task name, task type, ``"*"``) > paper default > the task's own prompt > mteb's default."""
         if prompt_type == PromptType.document:
             return None
-        for key in (task_metadata.name, task_metadata.type):
+        for key in (task_metadata.name, task_metadata.type, ALL_TASKS):
             if key in self.instructions:
                 return self.instructions[key] or None
         if task_metadata.name in DEFAULT_INSTRUCTIONS:
@@ -345,30 +354,27 @@ def run_mteb(
     *,
     instructions: Mapping[str, str | None] | None = None,
     model_name: str | None = None,
+    config_hash: str | None = None,
+    precision: str | None = None,
     revision: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` with mteb 2 on ``tasks`` (names or mteb task objects) or on a ``benchmark``.
 
-    mteb's own result files go to ``output_dir/mteb`` (re-runs skip finished tasks unless ``overwrite``);
-    a summary per task is written to ``output_dir/<task>.json`` and returned: ``task``, ``category``,
-    ``main_metric``, ``main_score``, ``scores`` (mteb's full scores by split), ``model_id``, ``versions``.
+    mteb's own result files go to ``output_dir/mteb``, filed under the model's name and ``revision``; re-runs
+    skip the tasks finished under both unless ``overwrite``. ``revision`` defaults to a hash of the exact model
+    (:func:`~.encoders.encoder_identity`: ``config_hash`` (default: ``encoder.config_hash()``), weights
+    fingerprint, ``precision`` (default: the autocast in force), max length, instruction template, poolattn's
+    version), so another model's results are never taken for this one's. A summary per task is written to
+    ``output_dir/<task>.json`` and returned: ``task``, ``category``, ``main_metric``, ``main_score``, ``scores``
+    (mteb's full scores by split), ``model_id``, ``revision``, the identity's fields, ``versions``.
     """
-    if (tasks is None) == (benchmark is None):
-        raise ValueError("give exactly one of tasks (a list of task names) and benchmark (a benchmark name)")
-    if benchmark is not None:
-        selected = list(mteb.get_benchmark(benchmark).tasks)
-    else:
-        assert tasks is not None
-        names = [t for t in tasks if isinstance(t, str)]
-        by_name = {t.metadata.name: t for t in mteb.get_tasks(tasks=names)} if names else {}
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise ValueError(f"mteb does not know the tasks {unknown}")
-        selected = [by_name[t] if isinstance(t, str) else t for t in tasks]
-    if revision is None and callable(getattr(encoder, "config_hash", None)):
-        revision = encoder.config_hash()  # type: ignore[attr-defined]
+    selected = select_mteb_tasks(tasks, benchmark)
+    if config_hash is None and callable(getattr(encoder, "config_hash", None)):
+        config_hash = encoder.config_hash()  # type: ignore[attr-defined]
+    identity = encoder_identity(encoder, config_hash, precision or active_precision())
+    revision = revision or identity_hash(identity)
     model = MTEBEncoder(encoder, instructions=instructions, name=model_name, revision=revision)
     out = Path(output_dir)
     results = mteb.evaluate(
@@ -391,12 +397,49 @@ def run_mteb(
             "scores": result.scores,
             "evaluation_time": result.evaluation_time,
             "model_id": model.mteb_model_meta.name,
-            "config_hash": revision,
+            "revision": revision,
+            **identity,
             "versions": versions,
         }
         write_json_atomic(out / f"{result.task_name}.json", _plain(record))
         records.append(record)
     return records
+
+
+def select_mteb_tasks(tasks: Sequence[str | AbsTask] | None, benchmark: str | None) -> list[AbsTask]:
+    """mteb's tasks by name (task objects pass through) or a benchmark's; ``ValueError`` for unknown names."""
+    if (tasks is None) == (benchmark is None):
+        raise ValueError("give exactly one of tasks (a list of task names) and benchmark (a benchmark name)")
+    if benchmark is not None:
+        try:
+            return list(mteb.get_benchmark(benchmark).tasks)
+        except KeyError:
+            raise ValueError(f"mteb has no benchmark {benchmark!r} (e.g. 'MTEB(eng, v2)')") from None
+    assert tasks is not None
+    names = [t for t in tasks if isinstance(t, str)]
+    by_name: dict[str, AbsTask] = {}
+    for name in dict.fromkeys(names):
+        try:
+            by_name[name] = next(iter(mteb.get_tasks(tasks=[name])))
+        except (KeyError, StopIteration):
+            raise ValueError(
+                f"mteb has no task {name!r} (the offline suite's tasks run with --suite offline)"
+            ) from None
+    return [by_name[t] if isinstance(t, str) else t for t in tasks]
+
+
+def check_mteb_data(tasks: Sequence[AbsTask]) -> None:
+    """Refuse, before anything is encoded, tasks whose data sets are neither in the local cache nor fetchable from
+    the Hugging Face hub (no internet, or ``HF_HUB_OFFLINE``); tasks built over shipped data pass."""
+    paths = [t.metadata.dataset["path"] for t in tasks if "load_data" not in vars(type(t))]
+    missing = {path: reason for path in dict.fromkeys(paths) if (reason := hub.why_unavailable(path, "dataset"))}
+    if missing:
+        path, reason = next(iter(missing.items()))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"mteb reads its data sets from the Hugging Face hub: {path}{more}: {reason}; "
+            "score the shipped data instead with --suite offline"
+        )
 
 
 def _plain(value: Any) -> Any:

@@ -6,13 +6,14 @@ within a run and shared by the tasks that need them (:class:`~.encoders.Embeddin
 Results: one JSON file per task (:func:`run_suite`) with ``task``, ``category``, ``split``, ``main_score``
 (a fraction, not a percentage; an STS Spearman can be negative), ``metrics`` (all of mteb's metrics for the
 category), ``per_sample`` and bookkeeping (``n_samples``, ``encode_seconds``, ``texts_per_second``,
-``versions``, ``config_hash``, ``model_id``, ``profile``...). ``per_sample`` recomputes the main score
-exactly with :func:`poolattn.stats.score_from_samples`: ``{"statistic": "mean", "ids", "score"}`` (nDCG@10
-per query, AP per reranked query, correctness per test example averaged over the classification draws,
-V-measure per clustering experiment), ``{"statistic": "spearman", "ids", "prediction", "gold"}`` (STS) or
-``{"statistic": "average_precision", "ids", "prediction", "gold"}`` (pair classification).
+``versions``, ``config_hash``, ``weights``, ``precision``, ``model_id``, ``profile``...). ``per_sample``
+recomputes the main score exactly with :func:`poolattn.stats.score_from_samples`: ``{"statistic": "mean", "ids",
+"score"}`` (nDCG@10 per query, AP per reranked query, correctness per test example averaged over the
+classification draws, V-measure per clustering experiment), ``{"statistic": "spearman", "ids", "prediction",
+"gold"}`` (STS) or ``{"statistic": "average_precision", "ids", "prediction", "gold"}`` (pair classification).
 
-A stored result made under the same settings is reused. :func:`plan_suite` lists exactly what a run encodes.
+A stored result is reused only for the exact model and settings that made it (:func:`run_suite`).
+:func:`plan_suite` lists exactly what a run encodes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..io import SCORE_PACKAGES, now, package_versions, read_json, write_json_atomic
-from .encoders import EmbeddingCache, Encoder
+from .encoders import EmbeddingCache, Encoder, active_precision, encoder_identity
 from .scorers import MAIN_METRIC, SCORERS
 from .tasks import CATEGORIES, PROFILES, Profile, Task, data_hash, get_task, list_tasks, n_samples, resolve_instruction
 
@@ -45,6 +46,8 @@ RESULT_KEYS = (
     "texts_per_second",
     "versions",
     "config_hash",
+    "weights",
+    "precision",
     "model_id",
     "profile",
 )
@@ -80,14 +83,17 @@ def run_suite(
     model_id: str | None = None,
     config_hash: str | None = None,
     instructions: Mapping[str, str | None] | None = None,
+    precision: str | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` on the offline suite; one JSON per task at ``output_dir/<task>.json``.
 
-    A stored result made with the same task data, profile, instruction, ``model_id`` and ``config_hash``
-    is reused. ``model_id`` defaults to ``encoder.name`` and ``config_hash`` to ``encoder.config_hash()``
-    when the encoder has one. ``instructions`` overrides the default instruction by task name or category
-    (``None`` or ``""``: no instruction). Returns the result dicts in task order.
+    A stored result is reused only when it was made from the same task data, profile, instruction, ``model_id``,
+    poolattn version and model (:func:`~.encoders.encoder_identity`: ``config_hash``, weights fingerprint,
+    precision, max length, instruction template). ``model_id`` defaults to ``encoder.name`` and ``config_hash``
+    to ``encoder.config_hash()`` when the encoder has one; ``precision`` (recorded in each result) to the
+    autocast in force (:func:`~.encoders.active_precision`). ``instructions`` overrides the default instruction
+    by task name or category (``None`` or ``""``: no instruction). Returns the result dicts in task order.
     """
     from rich.console import Console
 
@@ -99,6 +105,7 @@ def run_suite(
     if config_hash is None and callable(getattr(encoder, "config_hash", None)):
         config_hash = encoder.config_hash()  # type: ignore[attr-defined]
     console = Console(stderr=True, quiet=not progress)
+    model = encoder_identity(encoder, config_hash, precision or active_precision())
     cache = EmbeddingCache(encoder)
     versions = package_versions(SCORE_PACKAGES)
     results = []
@@ -110,7 +117,7 @@ def run_suite(
             "task": task.name,
             "profile": profile,
             "model_id": model_id,
-            "config_hash": config_hash,
+            **model,
             "instruction": instruction,
             "data_hash": data_hash(data),
         }

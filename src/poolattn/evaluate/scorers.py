@@ -98,14 +98,15 @@ def undersample(labels: Sequence[int], n_experiments: int, samples_per_label: in
 def _classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 
+    # zero_division=0: the value sklearn's default ("warn") gives a label never predicted (or never true), unwarned
     scores = {
         "accuracy": accuracy_score(y_true, y_pred),
-        "f1": f1_score(y_true, y_pred, average="macro"),
-        "f1_weighted": f1_score(y_true, y_pred, average="weighted"),
-        "precision": precision_score(y_true, y_pred, average="macro"),
-        "precision_weighted": precision_score(y_true, y_pred, average="weighted"),
-        "recall": recall_score(y_true, y_pred, average="macro"),
-        "recall_weighted": recall_score(y_true, y_pred, average="weighted"),
+        "f1": f1_score(y_true, y_pred, average="macro", zero_division=0),
+        "f1_weighted": f1_score(y_true, y_pred, average="weighted", zero_division=0),
+        "precision": precision_score(y_true, y_pred, average="macro", zero_division=0),
+        "precision_weighted": precision_score(y_true, y_pred, average="weighted", zero_division=0),
+        "recall": recall_score(y_true, y_pred, average="macro", zero_division=0),
+        "recall_weighted": recall_score(y_true, y_pred, average="weighted", zero_division=0),
     }
     if len(np.unique(y_true)) == 2:
         scores["ap"] = average_precision_score(y_true, y_pred, average="macro")

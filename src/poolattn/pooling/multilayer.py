@@ -8,8 +8,9 @@ Options: ``layers`` (1-based indices, negatives count from the end; default all 
 ``mean_no_sink`` under bidirectional: the masked mean without the first token, the attention sink whose massive
 activations otherwise swamp every text's mean); ``layer_norm`` (``rms``: scale each layer's vector to unit RMS
 before the layer embedding is added, so the residual stream's growth from layer to layer does not drown the
-layer embedding; ``none``); plus the head sizes. The paper's exact design is ``layer_pooling="mean"`` (under
-bidirectional attention) and ``layer_norm="none"``; on SmolLM2 it collapses every text onto nearly one vector.
+layer embedding; ``none``); plus the head sizes. The paper's exact heads are ``layer_norm="none"`` under causal
+attention (M3) and ``layer_pooling="mean", layer_norm="none"`` under bidirectional attention (M5); on SmolLM2 the
+latter collapses every text onto nearly one vector.
 """
 
 from __future__ import annotations

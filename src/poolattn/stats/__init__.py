@@ -8,7 +8,12 @@ Three levels of comparison:
   bootstrap (confidence interval of the difference) and a paired permutation test (p-value)
   (:func:`compare_within_dataset`);
 * over a category's datasets, resampling within each of them: the mean difference's bootstrap interval
-  and permutation p-value (:func:`compare_category`).
+  and permutation p-value (:func:`compare_category`), with training noise in the test when there are several
+  seeds.
+
+What a comparison could have found: the minimum detectable effect at a given power
+(:func:`minimum_detectable_effect`, :func:`paired_mde`) and the sign test of agreement with another study's
+directions (:func:`sign_agreement`).
 
 Per-sample results are plain dicts (``per_sample``) whose ``"statistic"`` names how the dataset's main score
 is computed from them (see :data:`STATISTICS`). Differences are always ``b - a``. Also here: Holm's
@@ -18,7 +23,15 @@ layers' representations.
 
 from __future__ import annotations
 
-from .resampling import PairedResult, compare_category, compare_within_dataset, paired_bootstrap, paired_permutation
+from .power import minimum_detectable_effect, paired_mde, satterthwaite_df, seed_spread, sign_agreement
+from .resampling import (
+    PairedResult,
+    compare_category,
+    compare_within_dataset,
+    paired_bootstrap,
+    paired_permutation,
+    seed_convolved_pvalue,
+)
 from .samples import STATISTICS, SampleStatistic, align, score_from_samples
 from .summary import holm, linear_cka, seed_summary, significance_mark
 from .wilcoxon import WilcoxonResult, wilcoxon_over_datasets
@@ -33,10 +46,16 @@ __all__ = [
     "compare_within_dataset",
     "holm",
     "linear_cka",
+    "minimum_detectable_effect",
     "paired_bootstrap",
+    "paired_mde",
     "paired_permutation",
+    "satterthwaite_df",
     "score_from_samples",
+    "seed_convolved_pvalue",
+    "seed_spread",
     "seed_summary",
+    "sign_agreement",
     "significance_mark",
     "wilcoxon_over_datasets",
 ]

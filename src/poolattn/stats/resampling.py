@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.stats
 
+from .power import satterthwaite_df, seed_spread
 from .samples import _align, _Samples
 
 # Resampling works on blocks of at most this many (resample x sample) elements to bound memory.
@@ -223,6 +224,7 @@ def compare_category(
     seed: int = 0,
     confidence: float = 0.95,
     chunk: int = 250,
+    seed_deltas: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Paired tests of a category's mean Δ (``b - a``) over its datasets, resampling *within* each dataset.
 
@@ -232,7 +234,24 @@ def compare_category(
     tolerance of :func:`paired_permutation`. Bootstrap: each dataset's samples are resampled with replacement
     (the same indices for both designs); the percentile interval of the mean Δ. One
     ``np.random.default_rng(seed)`` draws, dataset after dataset and ``chunk`` resamples at a time, the swaps
-    and then the bootstrap indices. Returns a JSON-ready dict: diff, ci_low, ci_high, pvalue, n_resamples.
+    and then the bootstrap indices. ``se``: the standard deviation of the bootstrap distribution (the standard
+    error of Δ from evaluation samples).
+
+    ``seed_deltas``: the category's Δ of each training seed, when ``pairs`` hold values averaged over several
+    seeds. Training noise then enters the test: it is ``se_seed * T``, ``se_seed = sd(seed_deltas) / sqrt(S)``
+    and ``T`` Student-t with the Welch–Satterthwaite degrees of freedom of ``sqrt(se**2 + se_seed**2)`` with the
+    sampling part taken as known (:func:`satterthwaite_df`: S - 1 where training noise dominates, large where it
+    is small), independent of the evaluation-sample noise. The
+    p-value is the permutation test's with that noise added to every permuted statistic
+    (:func:`seed_convolved_pvalue`), the interval is the percentile interval of the bootstrap statistics plus
+    draws of that noise (its own generator, ``default_rng([seed, 1])``), and ``se_total = sqrt(se**2 +
+    se_seed**2)``. Training noise that differs from sample to sample shows in both parts, so this errs on the
+    cautious side.
+
+    ``df``: the Welch–Satterthwaite degrees of freedom of ``se_total`` from its parts, each dataset's bootstrap
+    variance with n - 1 and the seeds' with S - 1 (for the minimum detectable effect's Student t quantiles).
+
+    Returns a JSON-ready dict: diff, ci_low, ci_high, pvalue, n_resamples, se, se_seed, n_seeds, se_total, df.
     """
     _check_resamples(n_resamples)
     if not 0 < confidence < 1:
@@ -243,23 +262,32 @@ def compare_category(
     observed = 0.0
     permuted = np.zeros(n_resamples)
     booted = np.zeros(n_resamples)
+    variances = []  # (variance of the dataset's bootstrapped Δ, its degrees of freedom)
     for per_sample_a, per_sample_b in pairs:
         a, b = _align(per_sample_a, per_sample_b)
         n = len(a)
         observed += b.score() - a.score()
+        dataset = np.zeros(n_resamples)
         for start in range(0, n_resamples, chunk):
             rows = min(chunk, n_resamples - start)
             swap = rng.random((rows, n)) < 0.5
             permuted[start : start + rows] += _swapped_diffs(a, b, swap)
             index = rng.integers(0, n, size=(rows, n))
-            booted[start : start + rows] += b.row_scores({k: v[index] for k, v in b.fields.items()}) - (
+            dataset[start : start + rows] = b.row_scores({k: v[index] for k, v in b.fields.items()}) - (
                 a.row_scores({k: v[index] for k, v in a.fields.items()})
             )
+        booted += dataset
+        variances.append((float(np.nanvar(dataset, ddof=1)) if n_resamples > 1 else math.nan, n - 1))
     k = len(pairs)
     observed, permuted, booted = observed / k, permuted / k, booted / k
-    threshold = abs(observed) - _TIE_RTOL * abs(observed)
-    extreme = np.count_nonzero(np.abs(permuted) >= threshold)
-    pvalue = (1 + extreme) / (1 + n_resamples) if math.isfinite(observed) else math.nan
+    se = float(np.nanstd(booted, ddof=1)) if np.isfinite(booted).sum() > 1 else math.nan
+    se_seed, n_seeds = seed_spread(seed_deltas) if seed_deltas is not None else (math.nan, 1)
+    seed_part = [(se_seed**2, n_seeds - 1)] if se_seed > 0 else []
+    # training noise beside a sampling part whose null distribution the permutations give
+    noise_df = satterthwaite_df([(se**2, math.inf), *seed_part])
+    pvalue = seed_convolved_pvalue(observed, permuted, se_seed, noise_df)
+    if se_seed > 0:
+        booted = booted + se_seed * np.random.default_rng([seed, 1]).standard_t(noise_df, n_resamples)
     tail = (1 - confidence) / 2 * 100
     low, high = np.nanpercentile(booted, [tail, 100 - tail]) if np.isfinite(booted).any() else (math.nan, math.nan)
     return {
@@ -268,4 +296,30 @@ def compare_category(
         "ci_high": float(high),
         "pvalue": float(pvalue),
         "n_resamples": n_resamples,
+        "se": se,
+        "se_seed": se_seed,
+        "n_seeds": n_seeds,
+        "se_total": math.hypot(se, se_seed) if se_seed >= 0 else se,
+        "df": satterthwaite_df([(v / k**2, d) for v, d in variances] + seed_part),
     }
+
+
+def seed_convolved_pvalue(observed: float, permuted: np.ndarray, seed_se: float, df: float) -> float:
+    """Two-sided p of ``observed`` under a null that adds training noise to a permutation null.
+
+    ``permuted`` holds the statistic of each resample (evaluation-sample noise); training noise is
+    ``seed_se * T`` with ``T`` Student-t with ``df`` degrees of freedom, independent of it:
+    ``p = (1 + sum_r P(|T*_r + seed_se T| >= |observed|)) / (1 + R)``. Without training noise (``seed_se`` 0 or
+    NaN) it is the permutation p-value, extreme meaning ``|T*| >= |T|`` up to the relative tolerance of
+    :func:`paired_permutation`; when every permuted statistic is 0 and ``df`` is seeds - 1 it is the one-sample
+    t-test over seeds (up to the permutation p-value's 1 / (1 + R)).
+    """
+    if not math.isfinite(observed):
+        return math.nan
+    permuted = np.asarray(permuted, dtype=np.float64)
+    threshold = abs(observed) - _TIE_RTOL * abs(observed)
+    if not seed_se > 0:
+        return float((1 + np.count_nonzero(np.abs(permuted) >= threshold)) / (1 + permuted.size))
+    t = scipy.stats.t(df)
+    beyond = t.cdf((-threshold - permuted) / seed_se) + t.sf((threshold - permuted) / seed_se)
+    return float((1 + beyond.sum()) / (1 + permuted.size))

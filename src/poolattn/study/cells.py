@@ -15,7 +15,7 @@ from typing import Any
 
 from ..evaluate.offline import select_tasks
 from ..evaluate.tasks import get_task
-from .config import Design, Study
+from .config import Design, Study, adapt_config
 
 #: A design that pools like this (untrained, no options) equals one layer of the layer-wise analysis.
 LAYER_REDUCTION_OF_POOLING = {"eos": "last", "mean": "mean"}
@@ -66,7 +66,8 @@ def eval_identity(study: Study) -> dict[str, Any]:
 
 def cell_hash(study: Study, design: Design, seed: int | None) -> str:
     """Hash of everything that determines a cell's results: the design, the shared model settings, the
-    evaluation, the seed and, for a design that trains, the data and the recipe (checkpointing excluded)."""
+    evaluation, the seed and, for a design that trains, the data and the recipe (checkpointing excluded), and the
+    adaptation it starts from (when it starts from an adapted backbone)."""
     payload: dict[str, Any] = {
         "design": design.identity(),
         "model": study.model_table(),
@@ -77,6 +78,8 @@ def cell_hash(study: Study, design: Design, seed: int | None) -> str:
         train = study.train_table()
         recipe = {k: v for k, v in train.items() if k not in ("checkpoint_every", "keep_checkpoints")}
         payload.update(data=data_identity(study), train=recipe, lora=asdict(study.lora))
+    if seed is not None and study.adapted(design):
+        payload["adapt"] = adapt_config(study, seed).hash()
     return digest(payload)
 
 

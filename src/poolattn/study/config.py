@@ -1,6 +1,9 @@
 """The study config: one TOML file declares the backbone, the training data and recipe shared by every design, the
 designs, the seeds, the reference design and the evaluation (``configs/default.toml`` is the embedded default
-study; ``configs/paper.toml`` is the paper's set-up).
+study; ``configs/paper.toml`` is the paper's set-up). An optional ``[adapt]`` table (the keys of
+:class:`~poolattn.training.adapt_config.AdaptConfig`, plus ``designs``) adapts the backbone once per seed with
+LLM2Vec's MNTP (+ SimCSE) before contrastive training; ``designs`` says which trained designs start from it:
+``"bidirectional"`` (default, as LLM2Vec), ``"all"`` or a list of names.
 
 :func:`load_study` reads it into a typed :class:`Study`; every error is a :class:`StudyError` that names the
 file, the line (or ``--set``) and the key.
@@ -23,6 +26,7 @@ from ..evaluate import SUITES
 from ..evaluate import tasks as task_registry
 from ..pooling import POOLERS
 from ..training import DataSection, LoraSection, ModelSection, OutputSection, RecipeSection, TrainConfig
+from ..training.adapt_config import AdaptConfig
 
 ATTENTIONS = ("causal", "bidirectional")
 #: The [train] table: the recipe (poolattn.training.RecipeSection, seed excepted) plus these output settings.
@@ -32,6 +36,10 @@ DESIGN_MODEL_KEYS = ("attention", "pooling", "pooling_options")
 #: poolattn.training config sections -> the study table that holds them.
 TRAIN_SECTIONS = {"recipe": "train", "output": "train", "lora": "lora", "model": "model", "data": "data"}
 DEFAULT_SOURCE = "the embedded default study (poolattn/configs/default.toml)"
+#: AdaptConfig keys that a study sets itself: the backbone and dtype from [model], the seed from ``seeds``.
+ADAPT_STUDY_KEYS = ("backbone", "dtype", "seed")
+#: ``adapt.designs``: which trained designs start from the adapted backbone (or a list of design names).
+ADAPT_DESIGN_CHOICES = ("bidirectional", "all")
 
 T = TypeVar("T")
 
@@ -113,9 +121,24 @@ class Study:
     source: str
     raw: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
+    #: The ``[adapt]`` table (LLM2Vec's MNTP, + SimCSE), run once per seed before contrastive training; None: none.
+    adapt: AdaptConfig | None = None
+    #: The trained designs that start from the adapted backbone (``adapt.designs``).
+    adapt_designs: list[str] = field(default_factory=list)
 
     def design(self, name: str) -> Design:
         return next(d for d in self.designs if d.name == name)
+
+    def adapted(self, design: Design) -> bool:
+        """Whether ``design`` trains from the adapted backbone rather than the base."""
+        return self.adapt is not None and design.name in self.adapt_designs
+
+    def adapt_table(self) -> dict[str, Any] | None:
+        """The [adapt] table as stored: every adaptation setting but those the study sets, and the designs."""
+        if self.adapt is None:
+            return None
+        values = {k: v for k, v in self.adapt.to_dict().items() if k not in ADAPT_STUDY_KEYS}
+        return {**values, "designs": list(self.adapt_designs)}
 
     def model_table(self) -> dict[str, Any]:
         """The [model] table as stored: every model setting but those the designs set."""
@@ -143,6 +166,7 @@ class Study:
             "eval": asdict(self.eval),
             "layers": asdict(self.layers),
             "stats": asdict(self.stats),
+            "adapt": self.adapt_table(),
             "source": self.source,
             "overrides": self.overrides,
         }
@@ -164,6 +188,12 @@ def train_config(study: Study, design: Design, seed: int, backbone: str, out_dir
         lora=copy.deepcopy(study.lora),
         output=replace(study.output, dir=str(out_dir)),
     )
+
+
+def adapt_config(study: Study, seed: int) -> AdaptConfig:
+    """The adaptation of one seed: the study's [adapt] table on its backbone, dtype and seed."""
+    assert study.adapt is not None
+    return replace(study.adapt, backbone=study.model.backbone, dtype=study.model.dtype, seed=seed)
 
 
 def default_config_text() -> str:
@@ -208,11 +238,14 @@ class ConfigReader:
             message = str(err)
             if err.key in known:
                 raise self.section_fail(section, err.key, message.removeprefix(err.key).lstrip()) from None
+            if err.key and err.key.split(".")[0] in known:  # a key of a nested table (adapt.lora.r)
+                line = self.locate.line(section, err.key.split(".")[0]) or self.locate.line(section)
+                raise self.fail(f"{section}.{err.key}", message.removeprefix(err.key).lstrip(), line) from None
             raise self.fail(section, message, self.locate.line(section)) from None
 
     def read(self) -> Study:
         top_level = {"name", "description", "reference", "seeds", "designs"}
-        sections = {"model", "data", "train", "lora", "eval", "layers", "stats"}
+        sections = {"model", "data", "train", "lora", "eval", "layers", "stats", "adapt"}
         for key in self.raw:
             if key not in top_level | sections:
                 known = sorted(top_level | sections)
@@ -220,10 +253,10 @@ class ConfigReader:
         name = self.top("name", str, "study")
         description = self.top("description", str, "")
         seeds = self.top("seeds", list, [0])
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
             raise self.fail(
                 "seeds",
-                f"must be a non-empty list of non-negative integers, got {seeds!r}",
+                f"must be a non-empty list of integers in [0, {2**32 - 1}], got {seeds!r}",
                 self.locate.line("", "seeds"),
             )
         if len(set(seeds)) != len(seeds):
@@ -268,8 +301,34 @@ class ConfigReader:
             source=self.source,
             raw=self.raw,
         )
+        if "adapt" in self.raw:
+            study.adapt, study.adapt_designs = self.adapt_section(designs)
         self.check_recipe(study)
         return study
+
+    def adapt_section(self, designs: list[Design]) -> tuple[AdaptConfig, list[str]]:
+        """The [adapt] table and the names of the designs that start from the adapted backbone."""
+        table = self.table("adapt")
+        for key in ADAPT_STUDY_KEYS:
+            if key in table:
+                where = {"backbone": "model.backbone", "dtype": "model.dtype", "seed": "seeds = [...]"}[key]
+                raise self.section_fail("adapt", key, f"the study sets it (from {where})")
+        which = table.pop("designs", "bidirectional")
+        config = self.typed(AdaptConfig, "adapt", table)
+        trained = [d for d in designs if d.train]
+        if which == "bidirectional":
+            return config, [d.name for d in trained if d.attention == "bidirectional"]
+        if which == "all":
+            return config, [d.name for d in trained]
+        names = {d.name for d in trained}
+        if not isinstance(which, list) or not all(isinstance(n, str) and n in names for n in which):
+            raise self.section_fail(
+                "adapt",
+                "designs",
+                f"= {which!r}; expected one of {list(ADAPT_DESIGN_CHOICES)} or a list of trained designs "
+                f"(of {sorted(names)})",
+            )
+        return config, list(dict.fromkeys(which))
 
     def check_recipe(self, study: Study) -> None:
         """Every trained design must make a valid training config; errors name the study's own table and key."""

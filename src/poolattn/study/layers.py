@@ -45,6 +45,11 @@ class LayerEncoder:
 
     def __init__(self, store: LayerStore, layer: int, name: str) -> None:
         self.store, self.layer, self.name = store, layer, name
+        self.config = store.model.config  # max length and instruction template, for the result's identity
+
+    def fingerprint(self) -> str:
+        """The base model's weights fingerprint (which layer is served is in the encoder's name)."""
+        return self.store.model.fingerprint()
 
     def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray:
         vectors = self.store.get(texts, instruction)

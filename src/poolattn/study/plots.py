@@ -1,9 +1,11 @@
-"""The report's figures (matplotlib, Agg): Δ per category with confidence intervals, training loss curves,
-per-layer quality and the layer x layer CKA heatmap, each written as a PNG under the study's ``plots/``."""
+"""The report's figures (matplotlib, Agg): Δ per category with confidence intervals, training loss curves with
+the loss of chance, per-layer quality and the layer x layer CKA heatmap, each written as a PNG under the study's
+``plots/``."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,13 @@ def plot_losses(results: StudyResults, path: Path) -> Path | None:
             label=label,
             marker="o" if len(smooth) == 1 else None,
         )
+    chance = training_chance(results)
+    if chance is not None:
+        loss, candidates, negatives = chance
+        detail = f"{candidates // (1 + negatives)} positives" + (
+            f" + {candidates - candidates // (1 + negatives)} hard negatives" if negatives else ""
+        )
+        ax.axhline(loss, color="black", linestyle="--", linewidth=1, label=f"chance: ln {candidates} ({detail})")
     ax.xaxis.set_major_locator(integer_ticks())
     ax.set_xlabel("training step")
     ax.set_ylabel("InfoNCE loss")
@@ -110,6 +119,28 @@ def plot_losses(results: StudyResults, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, frameon=False)
     return save_figure(fig, path)
+
+
+def training_chance(results: StudyResults) -> tuple[float, int, int] | None:
+    """(chance loss, candidates per query, hard negatives per record) of a training step: each query is scored
+    against the batch's positives and hard negatives, so chance is ``ln(batch_size * (1 + negatives))``.
+
+    Hard negatives per record come from a trained cell's held-out chance level where one was measured (its
+    batches hold ``min(batch_size, held-out records)`` records), else from ``data.hard_negatives`` (one per record
+    when mined or random, none when "none"; records that bring their own are not counted then)."""
+    batch = results.config.get("train", {}).get("batch_size")
+    if not batch:
+        return None
+    negatives = 0
+    measured = [h for d in results.designs.values() for h in d.heldout.values() if h]
+    if measured:
+        after = measured[0]["after"]
+        size = min(batch, int(after.get("heldout_records") or batch))
+        negatives = max(0, round(math.exp(after["chance_loss"]) / size) - 1)
+    elif results.config.get("data", {}).get("hard_negatives") in ("random", "mined", "teacher"):
+        negatives = 1
+    candidates = batch * (1 + negatives)
+    return math.log(candidates), candidates, negatives
 
 
 def read_loss_log(path: Path) -> tuple[list[int], list[float]]:

@@ -1,6 +1,7 @@
 """The study report, rendered from stored results only: :func:`render_report` writes into the study folder
 
-* ``results.json``: every number of the tables (for scripts and checks);
+* ``results.json``: every number of the tables (for scripts and checks), and ``results/table1.csv`` and
+  ``results/table1.tex`` (:mod:`.export`);
 * ``plots/*.png``: the figures of :mod:`poolattn.study.plots`;
 * ``report.md`` and ``report.html`` (the same content, plots embedded as base64 PNG).
 """
@@ -13,7 +14,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +22,25 @@ import numpy as np
 from markdown_it import MarkdownIt
 
 from ..io import write_text_atomic
+from .conclusions import learning_status, paper_comparison
+from .export import EXPORT_DIR, write_table1
+from .markdown import fmt, fmt_p, md_table
 from .plots import PLOTS, plot_cka, plot_deltas, plot_layer_quality, plot_losses
-from .results import (
-    CATEGORY_LABEL,
-    StudyResults,
-    Tables,
-    compute_tables,
-    layer_category_curves,
-    load_results,
-    paper_comparison,
-)
+from .results import CATEGORY_LABEL, StudyResults, Tables, compute_tables, layer_category_curves, load_results
+from .sections import power_note, section_paper, section_training, seeds_note
 
+#: How ``eval.precision`` (resolved when the config is read) runs the evaluation's forward passes.
+EVAL_PRECISION = {
+    "bf16": "bf16 (bfloat16 autocast)",
+    "fp32": "fp32 (the model's dtype, no autocast)",
+    "auto": "auto (bf16 where native, else fp32; not resolved in this folder)",
+}
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 RESULTS_JSON = "results.json"
 
 
 # ============================================================================================ markdown
-def fmt(value: float | None, digits: int = 4, signed: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None) -> str:
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def design_label(spec: Mapping[str, Any]) -> str:
     options = ", ".join(f"{k}={v}" for k, v in spec.get("options", {}).items())
     return f"{spec['pooling']}{f' ({options})' if options else ''}"
@@ -78,10 +61,47 @@ def section_designs(results: StudyResults, tables: Tables) -> str:
                 spec.get("label", ""),
             ]
         )
-    return md_table(["design", "attention", "pooling", "trained", "seeds", "note"], rows, "llllll")
+    table = md_table(["design", "attention", "pooling", "trained", "seeds", "note"], rows, "llllll")
+    return table + start_line(results)
 
 
-def section_table1(results: StudyResults, tables: Tables) -> str:
+def start_line(results: StudyResults) -> str:
+    """Which designs trained from the adapted backbone (``[adapt]``), with its held-out masked-token numbers."""
+    adapted = {
+        n: [c["start"] for c in d.cells if (c.get("start") or {}).get("from") == "adapted"]
+        for n, d in results.designs.items()
+    }
+    names = [n for n, starts in adapted.items() if starts]
+    if not names:
+        return ""
+    per_seed = {}
+    for starts in adapted.values():
+        for start in starts:
+            per_seed.setdefault(start["folder"], start)
+    parts = []
+    for start in per_seed.values():
+        before, after = start.get("heldout_before") or {}, start.get("heldout_after") or {}
+        numbers = (
+            f"; held-out masked-token loss {before['loss']:.3f} → {after['loss']:.3f}, "
+            f"accuracy {before['accuracy']:.3f} → {after['accuracy']:.3f}"
+            if before and after
+            else ""
+        )
+        simcse = f" + SimCSE {start['simcse_steps']} steps" if start.get("simcse_steps") else ""
+        parts.append(f"`{start['folder']}`: MNTP {start['mntp_steps']} steps{simcse}{numbers}")
+    return (
+        f"\n\nStart of training: {', '.join(names)} from the backbone adapted as LLM2Vec does ("
+        + "; ".join(parts)
+        + "); the other designs from the base backbone."
+    )
+
+
+def row_label(name: str, tables: Tables, learning: Mapping[str, Mapping[str, Any]]) -> str:
+    label = f"**{name}**" if name == tables.reference else name
+    return label + (" (did not learn)" if learning[name]["flagged"] else "")
+
+
+def section_table1(results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]) -> str:
     header = ["", *(CATEGORY_LABEL.get(c, c) for c in tables.categories)]
     rows = []
     for name in tables.designs:
@@ -91,8 +111,9 @@ def section_table1(results: StudyResults, tables: Tables) -> str:
             if name == tables.reference:
                 cells.append(f"**{fmt(entry['score'])}**")
             else:
-                cells.append(f"{fmt(entry['delta'], signed=True)}{entry['marks']}")
-        rows.append([f"**{name}**" if name == tables.reference else name, *cells])
+                value = f"{fmt(entry['delta'], signed=True)}{entry['marks']}"
+                cells.append(f"({value})" if learning[name]["flagged"] else value)
+        rows.append([row_label(name, tables, learning), *cells])
     counts = ", ".join(
         f"{CATEGORY_LABEL.get(c, c)} {tables.table1[tables.reference][c]['n_datasets']}" for c in tables.categories
     )
@@ -128,12 +149,19 @@ def section_table1(results: StudyResults, tables: Tables) -> str:
     floor = resolution_note(tables.settings["n_resamples"], n_tests, alpha)
     if floor:
         notes.append(floor)
-    if len(results.config["seeds"]) > 1:
+    flagged = [n for n in tables.designs if learning[n]["flagged"]]
+    if flagged:
         notes.append(
-            f"Scores are averaged over the seeds {results.config['seeds']} first (per-sample values too); see the "
-            "seed table below."
+            f"(did not learn): {', '.join(flagged)} — see “Did training learn?” below. Their Δ (in parentheses) "
+            "is not a design effect"
+            + (
+                f"; the reference {tables.reference} is among them, so no Δ of this table is one."
+                if tables.reference in flagged
+                else "."
+            )
         )
-    return md_table(header, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+    notes += [power_note(tables), seeds_note(results)]
+    return md_table(header, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes if n)
 
 
 def section_per_dataset(tables: Tables) -> str:
@@ -207,49 +235,6 @@ def section_seeds(results: StudyResults, tables: Tables) -> str:
         f"### Seeds\n\nMean over seeds ± half-width of the {ci}% Student-t interval of the category score.\n\n"
         + md_table(header, rows)
     )
-
-
-def section_paper(comparison: Mapping[str, Any] | None) -> str:
-    if comparison is None:
-        return (
-            "The reference design is not the paper's M1 (trained EOS pooling, causal attention), so the directions "
-            "cannot be compared design by design."
-        )
-    rows = comparison["rows"]
-    agree = [r for r in rows if r["agree"]]
-    significant = [r for r in rows if r["paper_significant"]]
-    agree_significant = [r for r in significant if r["agree"]]
-    table = md_table(
-        ["ours", "paper", "category", "paper Δ", "our Δ", "same direction"],
-        [
-            [
-                r["design"],
-                r["paper_design"],
-                CATEGORY_LABEL.get(r["category"], r["category"]),
-                f"{fmt(r['paper_delta'], signed=True)}{'*' if r['paper_significant'] else ''}",
-                f"{fmt(r['delta'], signed=True)}{r['marks']}",
-                "yes" if r["agree"] else "**no**",
-            ]
-            for r in rows
-        ],
-        "lllrrl",
-    )
-    lines = [
-        f"The sign of Δ agrees with the paper in **{len(agree)} of {len(rows)}** design × category comparisons, "
-        f"and in {len(agree_significant)} of the {len(significant)} the paper marks significant.",
-    ]
-    for claim in comparison["claims"]:
-        if "best" in claim:
-            verdict = "holds" if claim["holds_for"] else f"does not hold (best here: {claim['best']})"
-        else:
-            deltas = ", ".join(f"{n} {fmt(d, signed=True)}" for n, d in claim["deltas"].items())
-            verdict = f"holds for {len(claim['holds_for'])} of {len(claim['of'])} ({deltas})"
-        lines.append(f"- Paper: *{claim['claim']}* — here it {verdict}.")
-    lines.append(
-        "\nDifferences in scale (a 135M model, minutes of CPU training, the offline suite instead of MTEB) mean "
-        "agreement or disagreement here is evidence about this set-up, not a replication of the paper."
-    )
-    return "\n".join(lines[:1]) + "\n\n" + table + "\n\n" + "\n".join(lines[1:])
 
 
 def section_layers(layers: Mapping[str, Any] | None, plots: Mapping[str, Path | None]) -> str:
@@ -365,6 +350,7 @@ def section_environment(results: StudyResults) -> str:
         f"- Backbone: `{config['model']['backbone']}` ({results.study['backbone']['num_layers']} layers, hidden "
         f"{results.study['backbone']['hidden_size']}), dtype {config['model']['dtype']}, max_length "
         f"{config['model']['max_length']}",
+        f"- Evaluation precision: {EVAL_PRECISION.get(config['eval'].get('precision'), 'not recorded')}",
         f"- Seeds: {config['seeds']}; statistics seed {config['stats']['seed']}, "
         f"{config['stats']['n_resamples']} resamples",
         f"- Study hash: `{results.study.get('study_hash')}`; cell hashes: "
@@ -388,9 +374,14 @@ def section_environment(results: StudyResults) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(results: StudyResults, tables: Tables, plots: Mapping[str, Path | None]) -> str:
+def render_markdown(
+    results: StudyResults,
+    tables: Tables,
+    plots: Mapping[str, Path | None],
+    learning: Mapping[str, Mapping[str, Any]],
+    comparison: Mapping[str, Any] | None,
+) -> str:
     config = results.config
-    comparison = paper_comparison(results, tables)
     evaluation = config["eval"]
     suite = (
         f"offline suite, profile {evaluation['profile']}" if evaluation["suite"] == "offline" else "MTEB"
@@ -405,10 +396,14 @@ def render_markdown(results: StudyResults, tables: Tables, plots: Mapping[str, P
     if results.missing:
         parts.append(f"**Not finished yet:** {', '.join(results.missing)} (left out of the tables below).")
     parts += ["## Designs", section_designs(results, tables)]
-    parts += ["## Table 1: main score per category", section_table1(results, tables)]
+    parts += ["## Table 1: main score per category", section_table1(results, tables, learning)]
     if plots.get("deltas"):
         parts.append(f"![Δ per category]({PLOTS}/{plots['deltas'].name})")  # type: ignore[union-attr]
-    parts += ["## Direction of the paper's findings vs ours", section_paper(comparison)]
+    parts.append(f"Also as `{EXPORT_DIR}/table1.csv` (every number behind each cell) and `{EXPORT_DIR}/table1.tex`.")
+    training = section_training(results, tables, learning)
+    if training:
+        parts += ["## Did training learn?", training]
+    parts += ["## Direction of the paper's findings vs ours", section_paper(comparison, tables.settings["alpha"])]
     parts += ["## Per dataset", section_per_dataset(tables)]
     seeds = section_seeds(results, tables)
     if seeds:
@@ -463,6 +458,8 @@ def render_report(folder: str | Path) -> Path:
     folder = Path(folder)
     results = load_results(folder)
     tables = compute_tables(results)
+    learning = learning_status(results, tables)
+    comparison = paper_comparison(results, tables, learning)
     plot_dir = folder / PLOTS
     plots: dict[str, Path | None] = {
         "deltas": plot_deltas(tables, plot_dir / "delta_by_category.png"),
@@ -472,12 +469,14 @@ def render_report(folder: str | Path) -> Path:
     }
     payload = {
         **tables.to_dict(),
-        "paper_comparison": paper_comparison(results, tables),
+        "learning": learning,
+        "paper_comparison": comparison,
         "missing": results.missing,
         "layers": results.layers and {k: v for k, v in results.layers.items() if k != "cka"},
     }
     write_text_atomic(folder / RESULTS_JSON, json.dumps(payload, indent=1, default=_jsonable) + "\n")
-    markdown = render_markdown(results, tables, plots)
+    write_table1(folder, results, tables, learning)
+    markdown = render_markdown(results, tables, plots, learning, comparison)
     write_text_atomic(folder / REPORT_MD, markdown)
     write_text_atomic(folder / REPORT_HTML, render_html(markdown, folder, f"poolattn study: {results.config['name']}"))
     return folder / REPORT_MD

@@ -11,8 +11,12 @@ tables from it. Differences are always design − reference:
   every comparison of the table.
 * Per dataset: each design's main score, Δ with a paired bootstrap CI, the paired permutation p-value and its
   Holm-adjusted value over every per-dataset comparison (:func:`poolattn.stats.compare_within_dataset`).
-* Several seeds: scores are averaged over seeds first (per-sample values too), and mean ± CI over seeds is shown.
-* The direction of the paper's findings next to ours (:func:`paper_comparison`).
+* Several seeds: scores are averaged over seeds first (per-sample values too), and mean ± CI over seeds is shown;
+  the † test adds the spread of the category's Δ over seeds to its null distribution (training noise).
+* Power: the smallest Δ the † test detects with 80% power at the level Holm's first step needs
+  (:func:`poolattn.stats.minimum_detectable_effect` of the standard error of Δ).
+
+What the numbers let one conclude (training learned?, the paper's directions) is :mod:`.conclusions`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from .. import stats
 from ..io import read_json
+from ..training.config import SUMMARY_FILE
 
 #: Category order: the paper's four first, then the others the suite has.
 CATEGORY_ORDER = ("sts", "classification", "retrieval", "clustering", "pair_classification", "reranking")
@@ -39,26 +44,8 @@ CATEGORY_LABEL = {
     "reranking": "Rerank.",
     "summarization": "Summ.",
 }
-
-# Tang & Yang 2024, main table (Mistral-7B, MTEB): Δ vs M1 (EOS, causal) and whether the paper marks it significant.
-PAPER_DESIGNS: dict[tuple[str, str], str] = {
-    ("causal", "eos"): "M1",
-    ("causal", "trainable"): "M2",
-    ("causal", "multilayer"): "M3",
-    ("bidirectional", "trainable"): "M4",
-    ("bidirectional", "multilayer"): "M5",
-}
-PAPER_REFERENCE = {"sts": 0.8302, "classification": 0.7244, "retrieval": 0.5394, "clustering": 0.4503}
-PAPER_DELTAS: dict[str, dict[str, tuple[float, bool]]] = {
-    "M2": {"sts": (0.0129, True), "classification": (-0.0035, False), "retrieval": (0.0102, False),
-           "clustering": (-0.0076, False)},
-    "M3": {"sts": (0.0118, True), "classification": (-0.0033, False), "retrieval": (0.0135, False),
-           "clustering": (-0.0017, False)},
-    "M4": {"sts": (0.0095, True), "classification": (-0.0483, False), "retrieval": (0.0213, False),
-           "clustering": (-0.0493, True)},
-    "M5": {"sts": (0.0166, True), "classification": (-0.0143, True), "retrieval": (0.0226, True),
-           "clustering": (-0.0246, True)},
-}  # fmt: skip
+#: The power at which the minimum detectable effect is reported.
+POWER = 0.8
 
 
 # ============================================================================================= loading
@@ -82,6 +69,8 @@ class DesignResults:
     cells: list[dict[str, Any]] = field(default_factory=list)
     tasks: dict[str, TaskScore] = field(default_factory=dict)
     seed_tasks: dict[int | None, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: per seed: the training run's held-out numbers ({"before": ..., "after": ...}), None where not measured
+    heldout: dict[int | None, dict[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,12 +115,23 @@ def load_results(folder: str | Path) -> StudyResults:
         design = designs[entry["design"]]
         design.cells.append(record)
         design.seed_tasks[entry["seed"]] = results
+        if record.get("train"):
+            design.heldout[entry["seed"]] = read_heldout(folder / "cells" / entry["name"], record["train"])
     for design in designs.values():
         design.tasks = average_seeds(design.seed_tasks)
     layers = read_json(folder / "layers" / "layers.json")
     if layers is not None and layers.get("hash") != study.get("layers", {}).get("hash"):
         layers = None
     return StudyResults(folder, study, {k: v for k, v in designs.items() if v.cells}, missing, layers)
+
+
+def read_heldout(cell_dir: Path, train: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A trained cell's held-out numbers: from its record, else from its training summary (None: not measured)."""
+    heldout = train.get("heldout")
+    if heldout is None:
+        summary = read_json(cell_dir / "train" / SUMMARY_FILE)
+        heldout = summary.get("heldout") if isinstance(summary, dict) else None
+    return heldout if isinstance(heldout, dict) and heldout.get("after") else None
 
 
 def average_seeds(seed_tasks: Mapping[int | None, Mapping[str, Mapping[str, Any]]]) -> dict[str, TaskScore]:
@@ -198,6 +198,7 @@ class Tables:
     per_dataset: list[dict[str, Any]]
     seeds: dict[str, dict[str, dict[str, float]]]  # design -> category -> seed summary
     settings: dict[str, Any]
+    power: dict[str, dict[str, Any]] = field(default_factory=dict)  # category -> minimum detectable effects
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,15 +230,17 @@ def compute_tables(results: StudyResults) -> Tables:
                 own = [design.tasks[t].score for t in names]
                 entry["delta"] = score - float(np.mean(ref_scores))
                 entry["wilcoxon"] = wilcoxon_entry(ref_scores, own, alpha)
-                pairs = [(ref.tasks[t].per_sample, design.tasks[t].per_sample) for t in names]
-                if all(a is not None and b is not None for a, b in pairs):
-                    entry["within"] = stats.compare_category(
-                        pairs, n_resamples=n_resamples, seed=seed, confidence=confidence
-                    )
+                within = compare_designs(results, reference, name, names, settings)
+                if within is not None:
+                    entry["within"] = within
             table1[name][category] = entry
     within = [(d, c) for d in designs for c in categories if "within" in table1[d][c]]
     for (d, c), adjusted in zip(within, stats.holm([table1[d][c]["within"]["pvalue"] for d, c in within]), strict=True):
         table1[d][c]["within"]["pvalue_holm"] = float(adjusted)
+    level = alpha / max(1, len(within))  # the level Holm's first step asks of a lone true difference
+    for d, c in within:
+        test = table1[d][c]["within"]
+        test["mde"] = stats.minimum_detectable_effect(test["se_total"], alpha=level, power=POWER, df=test["df"])
     for name in designs:
         for category in categories:
             entry = table1[name][category]
@@ -257,7 +260,61 @@ def compute_tables(results: StudyResults) -> Tables:
         per_dataset=per_dataset,
         seeds=seed_summaries(results, designs, tasks, categories),
         settings=dict(settings),
+        power=power_summary(table1, categories, alpha=alpha, n_tests=len(within)),
     )
+
+
+def compare_designs(
+    results: StudyResults, a: str, b: str, names: Sequence[str], settings: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The † test of ``b - a`` over the datasets ``names`` (:func:`poolattn.stats.compare_category`), with the
+    spread of Δ over training seeds in it where there are several; None without per-sample results."""
+    pairs = [(results.designs[a].tasks[t].per_sample, results.designs[b].tasks[t].per_sample) for t in names]
+    if not all(x is not None and y is not None for x, y in pairs):
+        return None
+    return stats.compare_category(
+        pairs,  # type: ignore[arg-type]
+        n_resamples=settings["n_resamples"],
+        seed=settings["seed"],
+        confidence=settings["confidence"],
+        seed_deltas=seed_deltas(results, a, b, names),
+    )
+
+
+def seed_deltas(results: StudyResults, a: str, b: str, names: Sequence[str]) -> list[float] | None:
+    """Δ = b - a of the mean main score over ``names``, one per training seed (seeds paired by number; a design
+    with one run, such as an untrained one, is compared with every seed of the other); None with one seed."""
+
+    def per_seed(design: str) -> dict[int | None, float]:
+        runs = results.designs[design].seed_tasks
+        return {s: float(np.mean([float(r[t]["main_score"]) for t in names])) for s, r in runs.items()}
+
+    sa, sb = per_seed(a), per_seed(b)
+    if len(sa) == 1:
+        sa = dict.fromkeys(sb, next(iter(sa.values())))
+    if len(sb) == 1:
+        sb = dict.fromkeys(sa, next(iter(sb.values())))
+    deltas = [sb[s] - sa[s] for s in sa if s in sb]
+    return deltas if len(deltas) > 1 and all(math.isfinite(d) for d in deltas) else None
+
+
+def power_summary(
+    table1: Mapping[str, Mapping[str, Mapping[str, Any]]], categories: Sequence[str], *, alpha: float, n_tests: int
+) -> dict[str, dict[str, Any]]:
+    """Per category: the median and range over designs of the † test's minimum detectable effect."""
+    out: dict[str, dict[str, Any]] = {}
+    for category in categories:
+        mdes = [e[category]["within"]["mde"] for e in table1.values() if "within" in e[category]]
+        mdes = [m for m in mdes if math.isfinite(m)]
+        if mdes:
+            out[category] = {
+                "median": float(np.median(mdes)),
+                "min": float(min(mdes)),
+                "max": float(max(mdes)),
+                "power": POWER,
+                "alpha": alpha / max(1, n_tests),
+            }
+    return out
 
 
 def per_dataset_rows(
@@ -325,87 +382,3 @@ def layer_category_curves(layers: Mapping[str, Any]) -> dict[str, np.ndarray]:
     curves = {c: np.mean(by_category[c], axis=0) for c in ordered_categories(by_category)}
     curves["all"] = np.mean([t["scores"] for t in layers["tasks"]], axis=0)
     return curves
-
-
-# ====================================================================================== paper directions
-def paper_comparison(results: StudyResults, tables: Tables) -> dict[str, Any] | None:
-    """Our Δ next to the paper's for the designs that match the paper's by (attention, pooling), when our
-    reference is the paper's (trained EOS, causal). Agreement is the sign of Δ, computed from the numbers."""
-    spec = {name: results.designs[name].spec for name in tables.designs}
-    ref = spec[tables.reference]
-    if PAPER_DESIGNS.get((ref["attention"], ref["pooling"])) != "M1" or not ref.get("train", True):
-        return None
-    rows = []
-    for name in tables.designs:
-        design = spec[name]
-        paper_name = PAPER_DESIGNS.get((design["attention"], design["pooling"]))
-        if name == tables.reference or paper_name not in PAPER_DELTAS or not design.get("train", True):
-            continue
-        for category, (paper_delta, paper_sig) in PAPER_DELTAS[paper_name].items():
-            if category not in tables.categories:
-                continue
-            entry = tables.table1[name][category]
-            ours = entry["delta"]
-            rows.append(
-                {
-                    "design": name,
-                    "paper_design": paper_name,
-                    "category": category,
-                    "paper_delta": paper_delta,
-                    "paper_significant": paper_sig,
-                    "delta": ours,
-                    "marks": entry["marks"],
-                    "agree": (ours > 0) == (paper_delta > 0) and ours != 0,
-                }
-            )
-    if not rows:
-        return None
-    return {"rows": rows, "claims": paper_claims(tables, spec)}
-
-
-def paper_claims(tables: Tables, spec: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The paper's conclusions, each checked against our Table 1."""
-
-    def find(attention: str, pooling: str) -> list[str]:
-        return [
-            n
-            for n in tables.designs
-            if spec[n]["attention"] == attention and spec[n]["pooling"] == pooling and spec[n].get("train", True)
-        ]
-
-    bidir_trainable = find("bidirectional", "trainable") + find("bidirectional", "multilayer")
-    multilayer = find("causal", "multilayer") + find("bidirectional", "multilayer")
-    trained = [n for n in tables.designs if spec[n].get("train", True)]
-    claims = []
-    for category, sign, words in (
-        ("sts", 1, "help STS"),
-        ("retrieval", 1, "help retrieval"),
-        ("clustering", -1, "do not help clustering"),
-        ("classification", -1, "do not help classification"),
-    ):
-        if category not in tables.categories or not bidir_trainable:
-            continue
-        deltas = {n: tables.table1[n][category]["delta"] for n in bidir_trainable}
-        holds = [n for n, d in deltas.items() if (d > 0 if sign > 0 else d <= 0)]
-        claims.append(
-            {
-                "claim": f"bidirectional attention + trainable pooling ({', '.join(bidir_trainable)}) {words}",
-                "holds_for": holds,
-                "of": bidir_trainable,
-                "deltas": deltas,
-            }
-        )
-    for category in ("sts", "retrieval"):
-        if category not in tables.categories or not multilayer:
-            continue
-        best = max(trained, key=lambda n: tables.table1[n][category]["score"])
-        claims.append(
-            {
-                "claim": f"multi-layer trainable pooling is the best design for {CATEGORY_LABEL[category]}",
-                "holds_for": [best] if best in multilayer else [],
-                "of": [best],
-                "best": best,
-                "deltas": {},
-            }
-        )
-    return claims

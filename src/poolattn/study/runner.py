@@ -17,6 +17,8 @@ Layout of the study folder::
     study.json            resolved config, cell hashes, environment, one entry per run
     events.jsonl          one line per cell phase (start/finish/reuse) with timestamps
     cells/<cell>/         cell.json (written last), train/ (poolattn.training output), eval/ (one JSON per task)
+    cells/.superseded/    cells whose config changed since they ran, moved aside as <cell>-<UTC time>/
+    adapt/s<seed>-<hash>/ with an [adapt] table: the seed's adapted backbone (poolattn.training.adapt output)
     layers/               layers.json and scores/layer-XX/ (one JSON per task)
     report.md, report.html, plots/*.png
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,17 +41,18 @@ from transformers import AutoConfig
 from .. import training
 from .._version import __version__
 from ..assets import resolve_backbone
+from ..backbone import check_source
 from ..config import KeyLocator
 from ..data import TrainRecord
 from ..evaluate import evaluate_model
 from ..evaluate.offline import select_tasks
-from ..io import environment, now, read_json, write_json_atomic
+from ..io import environment, move_aside, now, read_json, write_json_atomic
 from ..model import EmbeddingModel
 from ..pooling import build_pooler
 from ..stats import linear_cka
 from ..training import TrainConfig
 from .cells import Cell, digest, layer_tasks, layers_hash, layers_profile, plan_cells, shares_layer_pass
-from .config import Design, Study, StudyError, default_config_text, load_study, train_config
+from .config import Design, Study, StudyError, adapt_config, default_config_text, load_study, train_config
 from .layers import LayerEncoder, LayerStore
 from .progress import GridProgress, console
 from .report import render_report
@@ -60,6 +62,8 @@ CELL_FILE = "cell.json"
 STARTED_FILE = ".started.json"
 EVENTS_FILE = "events.jsonl"
 LAYERS_FILE = "layers.json"
+SUPERSEDED_DIR = ".superseded"
+ADAPT_DIR = "adapt"
 
 
 class Processes:
@@ -145,6 +149,7 @@ class StudyRunner:
                         "seed": c.seed,
                         "hash": c.hash,
                         "head_parameters": self.parameters[c.design.name],
+                        "start": self.start_of(c),
                     }
                     for c in self.cells
                 ],
@@ -213,8 +218,8 @@ class StudyRunner:
         folder = self.cell_dir(cell)
         started = read_json(folder / STARTED_FILE)
         if folder.exists() and (started is None or started.get("hash") != cell.hash):
-            console.print(f"  {cell.name}: its config changed since the stored results; starting it afresh")
-            shutil.rmtree(folder)
+            kept = move_aside(folder, folder.parent / SUPERSEDED_DIR)
+            console.print(f"  {cell.name}: its config changed; its stored results moved to {kept}; starting afresh")
         folder.mkdir(parents=True, exist_ok=True)
         if started is None or started.get("hash") != cell.hash:
             write_json_atomic(folder / STARTED_FILE, {"hash": cell.hash, "started": now()})
@@ -244,6 +249,7 @@ class StudyRunner:
                 "complete": True,
                 "finished": now(),
                 "head_parameters": self.parameters[cell.design.name],
+                "start": self.start_record(cell),
                 "train": train_summary,
                 "encode": encode,
                 "eval": {"suite": self.study.eval.suite, "dir": "eval", "tasks": self.eval_task_names()},
@@ -273,7 +279,8 @@ class StudyRunner:
     def ensure_trained(self, cell: Cell, train_dir: Path) -> dict[str, Any]:
         """Train the cell's design (resuming from its last checkpoint) unless a finished model is there."""
         assert cell.seed is not None
-        config = train_config(self.study, cell.design, cell.seed, self.backbone, train_dir)
+        start = str(self.adapted_backbone(cell.seed)) if self.start_of(cell) == "adapted" else self.backbone
+        config = train_config(self.study, cell.design, cell.seed, start, train_dir)
         summary = read_json(train_dir / training.SUMMARY_FILE)
         if summary and summary.get("config_hash") == config.hash() and (train_dir / training.MODEL_DIR).is_dir():
             console.print(f"  {cell.name}: training finished earlier, model reused")
@@ -284,6 +291,50 @@ class StudyRunner:
         summary = read_json(train_dir / training.SUMMARY_FILE)
         assert summary is not None
         return summary
+
+    # ------------------------------------------------------------------ adapted starts
+    def start_of(self, cell: Cell) -> str:
+        """What a cell's design starts from: ``adapted`` (its seed's adapted backbone) or ``base``."""
+        return "adapted" if cell.seed is not None and self.study.adapted(cell.design) else "base"
+
+    def adapt_dir(self, seed: int) -> Path:
+        return self.out / ADAPT_DIR / f"s{seed}-{adapt_config(self.study, seed).hash()}"
+
+    def adapted_backbone(self, seed: int) -> Path:
+        """The seed's adapted backbone, adapted on first use (an interrupted adaptation resumes)."""
+        folder = self.adapt_dir(seed)
+        if not self.procs.is_main:
+            self.procs.wait_for(lambda: (folder / training.ADAPT_SUMMARY).is_file())
+        elif not (folder / training.ADAPT_SUMMARY).is_file():
+            config = adapt_config(self.study, seed)
+            stages = "MNTP" + (" + SimCSE" if config.simcse_steps else "")
+            console.print(f"  adapting the backbone for seed {seed} ({stages}, LLM2Vec) → {folder}")
+            summary = training.adapt(config, folder, progress=self.progress)
+            console.print(
+                f"  adapted: held-out masked-token loss {summary['heldout_loss_before']:.3f} → "
+                f"{summary['heldout_loss_after']:.3f}"
+                if summary.get("heldout_loss_before") is not None
+                else "  adapted"
+            )
+        return folder
+
+    def start_record(self, cell: Cell) -> dict[str, Any]:
+        """The start of a cell's design, for cell.json and the report."""
+        if self.start_of(cell) == "base":
+            return {"from": "base", "backbone": self.backbone}
+        assert cell.seed is not None
+        folder = self.adapt_dir(cell.seed)
+        summary = read_json(folder / training.ADAPT_SUMMARY) or {}
+        heldout = summary.get("heldout") or {}
+        return {
+            "from": "adapted",
+            "folder": str(folder.relative_to(self.out)),
+            "mntp_steps": (summary.get("mntp") or {}).get("steps"),
+            "simcse_steps": (summary.get("simcse") or {}).get("steps", 0),
+            "mask_probability": summary.get("mask_probability"),
+            "heldout_before": heldout.get("before"),
+            "heldout_after": heldout.get("final") or heldout.get("after"),
+        }
 
     def train_cell(self, cell: Cell, train_dir: Path) -> tuple[EmbeddingModel, dict[str, Any]]:
         summary = self.ensure_trained(cell, train_dir)
@@ -437,6 +488,7 @@ def run_experiment(
     """Run (or resume) the study of ``config_path`` (``None``: the embedded default) into ``output_dir`` and
     render its report; returns the path of ``report.md``."""
     study = load_study(config_path, overrides)
+    check_source(resolve_backbone(study.model.backbone))  # a missing backbone fails before the folder is made
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_logs():

@@ -5,7 +5,9 @@
 * :mod:`~poolattn.training.contrastive`: one step's InfoNCE loss and gradients, plain or GradCache;
 * :mod:`~poolattn.training.distributed`: several processes under accelerate (DDP, FSDP, DeepSpeed ZeRO-2);
 * :mod:`~poolattn.training.records`: the records a run trains on and a global batch's layout;
-* :mod:`~poolattn.training.trainer`: the run (set-up, step loop, checkpoints, resume, the saved model).
+* :mod:`~poolattn.training.trainer`: the run (set-up, step loop, checkpoints, resume, the saved model);
+* :mod:`~poolattn.training.adapt` (with :mod:`~poolattn.training.mntp` and
+  :mod:`~poolattn.training.adapt_config`): LLM2Vec's unsupervised adaptation of a backbone (MNTP, then SimCSE).
 
 Run: ``poolattn train CONFIG.toml [--set recipe.lr=1e-4 ...]`` or, on several devices,
 ``accelerate launch --config_file configs/accelerate/ddp.yaml -m poolattn train CONFIG.toml`` (also
@@ -16,6 +18,8 @@ step), ``train_summary.json``, ``train_config.toml`` and ``checkpoints/`` (a rer
 
 from __future__ import annotations
 
+from .adapt import adapt
+from .adapt_config import ADAPT_SUMMARY, AdaptConfig, load_adapt_config
 from .config import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -39,12 +43,14 @@ from .records import load_training_records
 from .trainer import Trainer, TrainResult, build_model, train
 
 __all__ = [
+    "ADAPT_SUMMARY",
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "ENGINE_DIR",
     "LOG_FILE",
     "MODEL_DIR",
     "SUMMARY_FILE",
+    "AdaptConfig",
     "ConfigError",
     "DataSection",
     "LoraSection",
@@ -55,8 +61,10 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
+    "adapt",
     "build_model",
     "info_nce",
+    "load_adapt_config",
     "load_train_config",
     "load_training_records",
     "train",

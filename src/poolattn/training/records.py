@@ -10,33 +10,24 @@ from typing import Any
 
 import torch
 
-from ..data import (
-    DEFAULT_INSTRUCTION,
-    ReadResult,
-    TrainRecord,
-    add_hard_negatives,
-    default_training_set,
-    read_records,
-)
+from ..data import ReadResult, TrainRecord, add_hard_negatives, read_records
 from ..data import subset as record_subset
 from ..model import EmbeddingModel, Tokenized
+from ..sources import builtin_training_set, is_builtin
 from .config import TrainConfig
 
 
 def read_training_data(config: TrainConfig) -> ReadResult:
-    """The records ``config.data`` names (the default set or a validated file/dataset), and the skipped ones."""
+    """The records ``config.data`` names (built-in sets or a validated file/dataset), and the skipped ones;
+    ``data.heldout`` more than ``data.n_pairs``, for :func:`~poolattn.training.heldout.split_heldout`."""
     data, seed = config.data, config.recipe.seed
-    if data.path == "default":
-        records = default_training_set(
-            data.n_pairs,
-            seed=seed,
-            hard_negatives="random" if data.hard_negatives == "auto" else data.hard_negatives or "none",
-            instruction=data.instruction or DEFAULT_INSTRUCTION,
-        )
-        return ReadResult(records, [], "default")
+    n = None if data.n_pairs is None else data.n_pairs + data.heldout
+    if is_builtin(data.path):
+        records = builtin_training_set(data.path, n, seed, data.hard_negatives or "none", data.instruction)
+        return ReadResult(records, [], data.path)
     result = read_records(data.path, skip_bad=data.skip_bad, instruction=data.instruction)
     records = add_hard_negatives(
-        record_subset(result.records, data.n_pairs, seed),
+        record_subset(result.records, n, seed),
         "none" if data.hard_negatives in (None, "auto") else data.hard_negatives,
         seed,
     )

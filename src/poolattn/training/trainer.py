@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,14 @@ from transformers import get_scheduler
 
 from ..assets import resolve_backbone
 from ..data import DataOrder, ReadResult, TrainRecord
-from ..io import write_text_atomic
+from ..io import read_json, write_json_atomic, write_text_atomic
 from ..model import EmbeddingModel
 from .checkpoints import checkpoints, rng_state, set_rng_state
 from .config import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     ENGINE_DIR,
+    HELDOUT_FILE,
     LOG_FILE,
     MODEL_DIR,
     SUMMARY_FILE,
@@ -46,6 +47,7 @@ from .config import (
 )
 from .contrastive import ContrastiveStep, NonFiniteLoss
 from .distributed import Distributed
+from .heldout import heldout_metrics, split_heldout
 from .records import fingerprint, read_training_data
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,13 @@ log = logging.getLogger(__name__)
 # ======================================================================================= model set-up
 def finetune_lora(model: EmbeddingModel, config: TrainConfig) -> None:
     lora = config.lora
-    model.add_lora(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+    model.add_lora(
+        r=lora.r,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        top_layers=lora.top_layers,
+    )
 
 
 def finetune_full(model: EmbeddingModel, config: TrainConfig) -> None:
@@ -182,7 +190,9 @@ class Trainer:
         # is the same everywhere and on every rerun
         set_seed(self.recipe.seed)
         data = ReadResult(list(records), [], "records") if records is not None else read_training_data(config)
-        self.records, self.skipped = data.records, len(data.skipped)
+        self.records, self.heldout_records = split_heldout(data.records, config.data.heldout)
+        self.skipped = len(data.skipped)
+        self.heldout: dict[str, Any] = {}
         self.order = DataOrder(len(self.records), self.recipe.batch_size, self.recipe.seed)
         self.total_steps = self.recipe.steps or (self.recipe.epochs or 1) * self.order.steps_per_epoch
         self.model = build_model(config).to(self.dist.device).train()
@@ -218,11 +228,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
+        if (finished := self.finished_result()) is not None:  # a rerun of a finished run rewrites nothing
+            return finished
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.config, self.out / CONFIG_FILE)
         self.dist.barrier()  # the folder exists before any process looks in it
         self.resume()
+        # the untrained twin's held-out numbers, taken once, before the first step
+        self.heldout = read_json(self.out / HELDOUT_FILE) or {}
+        if self.heldout_records and (self.step == 0 or "before" not in self.heldout):
+            self.heldout = {"before": self.measure_heldout()}
         if self.dist.is_main:
             self.log_path.touch()
             # lines past the resumed checkpoint belong to steps that run again: drop them
@@ -253,6 +269,8 @@ class Trainer:
         if writer is not None:
             writer.close()
         seconds = time.perf_counter() - started
+        if self.heldout_records:
+            self.heldout["after"] = self.measure_heldout()
         examples = (self.step - first_step) * self.recipe.batch_size  # this call's steps only, not resumed ones
         result = TrainResult(
             model_dir=self.out / MODEL_DIR,
@@ -267,6 +285,25 @@ class Trainer:
             skipped_records=self.skipped,
         )
         self.finish(result)
+        return result
+
+    def finished_result(self) -> TrainResult | None:
+        """The stored result of this run (same config, data and steps) when it finished earlier and resuming is on."""
+        summary = read_json(self.out / SUMMARY_FILE)
+        model_dir = self.out / MODEL_DIR
+        if not (self.config.output.resume and summary and (model_dir / SUMMARY_FILE).is_file()):
+            return None  # the model folder's summary is written last
+        same = (summary.get("config_hash"), summary.get("data_fingerprint"), summary.get("steps"))
+        if same != (self.config.hash(), self.fingerprint, self.total_steps):
+            return None
+        stored = {f.name: summary[f.name] for f in fields(TrainResult) if f.name in summary}
+        size = self.log_path.stat().st_size if self.log_path.is_file() else 0
+        stored.update(model_dir=model_dir, log_path=self.log_path, losses=read_losses(self.log_path, size))
+        try:
+            result = TrainResult(**stored)
+        except TypeError:  # a summary from an older layout
+            return None
+        log.info("%s finished earlier (%d steps): nothing to do", self.out, result.steps)
         return result
 
     def train_step(self) -> dict[str, Any]:
@@ -320,14 +357,48 @@ class Trainer:
             "wall_seconds": self.wall,
         }
 
-    def diverged(self, what: str) -> None:
-        found = checkpoints(self.ckpt_dir)
-        last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written"
-        applied = "DeepSpeed has run that step" if self.dist.kind == "DEEPSPEED" else "that step was not applied"
-        raise TrainingDiverged(
-            f"training diverged at step {self.step + 1}: {what}; {applied} and {last} "
-            f"(lower recipe.lr or enable recipe.max_grad_norm)"
+    def measure_heldout(self) -> dict[str, float]:
+        """Held-out InfoNCE and top-1 accuracy now (every process computes the same; the main one stores them)."""
+        metrics = heldout_metrics(
+            self.model,
+            self.heldout_records,
+            self.recipe.batch_size,
+            self.recipe.scale,
+            self.step_fn.autocast,
+            module=self.wrapped,
         )
+        metrics["step"] = self.step
+        if self.dist.is_main:
+            stored = {"before": self.heldout.get("before"), "after": metrics} if self.step else {"before": metrics}
+            write_json_atomic(self.out / HELDOUT_FILE, stored)
+            log.info(
+                "held-out at step %d: InfoNCE %.4f (chance %.4f), top-1 %.3f (chance %.3f)",
+                self.step,
+                metrics["heldout_loss"],
+                metrics["chance_loss"],
+                metrics["heldout_top1"],
+                metrics["chance_top1"],
+            )
+        return metrics
+
+    def diverged(self, what: str, *, applied: bool = False) -> None:
+        """Raise :class:`TrainingDiverged` about the coming step (``applied``: the step just taken)."""
+        found = checkpoints(self.ckpt_dir)
+        last = f"the last checkpoint is {found[-1][1]}" if found else "no checkpoint was written"
+        if applied or self.dist.kind == "DEEPSPEED":
+            done = "that step was applied, nothing was saved from it"
+        else:
+            done = "that step was not applied"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step if applied else self.step + 1}: {what}; {done} and {last} "
+            f"(checkpoints hold finite weights only; lower recipe.lr or enable recipe.max_grad_norm)"
+        )
+
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` when a trained weight is NaN or infinite, before anything is saved."""
+        finite = all(bool(torch.isfinite(param).all()) for param in self.params)
+        if self.dist.reduce_max(0.0 if finite else 1.0):
+            self.diverged("a trained weight is not finite", applied=True)
 
     def tensorboard(self) -> Any:
         if not (self.config.output.tensorboard and self.dist.is_main):
@@ -341,7 +412,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        """Write model, optimiser, scheduler, scaler, RNG states (one per process) and position atomically."""
+        """Write model, optimiser, scheduler, scaler, RNG states (one per process) and position atomically; only
+        from finite weights."""
+        self.check_finite()
         final = self.ckpt_dir / f"step-{self.step:08d}"
         tmp = self.ckpt_dir / f".step-{self.step:08d}.tmp"
         if self.dist.is_main:
@@ -415,6 +488,7 @@ class Trainer:
     # ------------------------------------------------------------------ the result
     def finish(self, result: TrainResult) -> None:
         """Save the model folder (adapter + head + config, or merged weights) and the summary."""
+        self.check_finite()
         model = self.model
         if self.dist.kind == "FSDP":  # sharded weights: gather the trained ones into a fresh copy on the main process
             full = self.dist.accelerator.get_state_dict(self.wrapped)
@@ -436,6 +510,7 @@ class Trainer:
                 "config_hash": self.config.hash(),
                 "data_fingerprint": self.fingerprint,
                 "records": len(self.records),
+                "heldout": self.heldout or None,
                 "processes": self.dist.world,
                 "config": self.config.to_dict(),
             }
