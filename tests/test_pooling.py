@@ -174,3 +174,19 @@ def test_paper_preset_head_parameter_count():
     inner = 32 * 32
     expected_attn = 64 * inner * 4  # q, k, v, out without bias
     assert n > expected_attn
+
+
+@pytest.mark.parametrize("name", ["trainable", "multilayer"])
+def test_latent_init_follows_the_preset(name):
+    def build(name, **options):
+        return build_pooler(name, hidden_size=64, num_layers=4, attention="bidirectional", options=options)
+
+    torch.manual_seed(0)
+    compact = build(name)
+    paper = build(name, preset="paper")
+    chosen = build(name, preset="paper", latent_init="small")
+    assert compact.latents.std().item() == pytest.approx(0.02, rel=0.2)
+    assert paper.latents.std().item() == pytest.approx(1.0, rel=0.2)
+    assert chosen.latents.std().item() == pytest.approx(0.02, rel=0.2)
+    with pytest.raises(ValueError, match="latent_init"):
+        build(name, latent_init="huge")
