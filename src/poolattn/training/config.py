@@ -183,8 +183,9 @@ class LoraSection:
     dropout: float = 0.1
     #: ``"all-linear"`` (as in the paper) or a list of module names.
     target_modules: str | list[str] = "all-linear"
-    #: Adapt only the last N decoder layers (``None``: all). Backward then stops at the lowest adapted layer: on a
-    #: CPU, a third of the layers makes a step about 1.6x faster.
+    #: Adapt only the last N decoder layers (``None``: all); backward then stops at the lowest adapted layer. On
+    #: SmolLM2 (2 CPU cores, 16 mined pairs a step) the top 10 of 30 made a step 2.5x faster (0.63 s vs 1.57 s),
+    #: but the EOS design learned less: held-out InfoNCE 0.92 x chance after 32 steps, against 0.65 with all layers.
     top_layers: int | None = None
 
 
