@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_common import one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from poolattn import EmbeddingModel
@@ -27,14 +28,6 @@ from poolattn.training.mntp import FALLBACK_MASK, choose_mask_token, mask_batch,
 pytest_plugins = ["study_fixtures"]
 
 WORDS = ["cat", "dog", "fox", "bird", "red", "blue", "green", "lazy", "quick", "brown", "jumps", "over", "the"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ def split_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=20")
+        raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. train.steps=20)")
     return key, parse_value(text.strip())
 
 

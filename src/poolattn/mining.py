@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -139,14 +138,3 @@ def teacher_encoder(path: str) -> Callable[[Sequence[str]], np.ndarray]:
         return model.encode(list(texts), batch_size=128, normalize_embeddings=True, show_progress_bar=True)
 
     return embed
-
-
-def describe(pairs: Sequence[MinedPair]) -> dict[str, Any]:
-    """Counts and teacher-similarity summaries of a mined set (for logs and the report)."""
-    pos = np.array([p.positive_similarity for p in pairs]) if pairs else np.zeros(0)
-    neg = np.array([p.negative_similarity for p in pairs]) if pairs else np.zeros(0)
-    return {
-        "pairs": len(pairs),
-        "positive_similarity_mean": float(pos.mean()) if len(pos) else None,
-        "negative_similarity_mean": float(neg.mean()) if len(neg) else None,
-    }

@@ -25,10 +25,9 @@ from ..config import (
     POSITIVE,
     ConfigError,
     Range,
+    apply_overrides,
     build_dataclass,
-    parse_value,
     read_toml,
-    set_dotted,
     to_toml,
 )
 from ..io import write_text_atomic
@@ -286,11 +285,7 @@ def load_train_config(path: str | os.PathLike[str] | None = None, overrides: Seq
     if path is not None:
         source = str(path)
         raw, _ = read_toml(path)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not KEY=VALUE")
-        set_dotted(raw, key.strip(), parse_value(text.strip()))
+    apply_overrides(raw, overrides)
     try:
         return build_dataclass(TrainConfig, raw)
     except ConfigError as err:
