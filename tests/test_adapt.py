@@ -422,4 +422,5 @@ def test_study_adapt_designs_all_and_list(fake_suite, tiny_lm, tmp_path):
     assert study.adapt_designs == ["M1"] and study.to_dict()["adapt"]["designs"] == ["M1"]
     from poolattn.study.config import default_config_text
 
-    assert "adapt" not in tomllib.loads(default_config_text())  # the default study has no adaptation
+    # the embedded default study gives its bidirectional designs LLM2Vec's start
+    assert tomllib.loads(default_config_text())["adapt"]["designs"] == "bidirectional"
