@@ -130,19 +130,24 @@ def test_saved_folder_is_a_backbone_with_the_adapted_outputs(adapted, tiny_lm, t
     assert torch.equal(torch.from_numpy(again.encode(texts.heldout[:4])), torch.from_numpy(vectors))
 
 
+def assert_same_bidirectional_states(adapter_folder: Path, merged_folder: Path) -> None:
+    """An adapter folder, folded in when loaded, gives the merged folder's last hidden states (bidirectional)."""
+    merged = EmbeddingModel.from_backbone(merged_folder, attention="bidirectional", pooling="mean")
+    loaded = EmbeddingModel.from_backbone(adapter_folder, attention="bidirectional", pooling="mean")
+    batch = merged.tokenize(["cat dog cat dog", "the quick brown fox"])
+    with torch.no_grad():
+        want = run_backbone(merged.backbone, batch.input_ids, batch.attention_mask, "bidirectional")
+        got = run_backbone(loaded.backbone, batch.input_ids, batch.attention_mask, "bidirectional")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_adapter_storage_loads_to_the_merged_weights(adapted, tiny_lm, texts_file, tmp_path):
     out, _ = adapted
     stacked = tmp_path / "stacked"
     summary = adapt(load_adapt_config(None, settings(tiny_lm, texts_file, "merge=false")), stacked, progress=False)
     assert summary["storage"] == "adapter"
     assert (stacked / "adapter_config.json").is_file() and not (stacked / "config.json").exists()
-    merged = EmbeddingModel.from_backbone(out, attention="bidirectional", pooling="mean")
-    loaded = EmbeddingModel.from_backbone(stacked, attention="bidirectional", pooling="mean")
-    batch = merged.tokenize(["cat dog cat dog", "the quick brown fox"])
-    with torch.no_grad():
-        want = run_backbone(merged.backbone, batch.input_ids, batch.attention_mask, "bidirectional")
-        got = run_backbone(loaded.backbone, batch.input_ids, batch.attention_mask, "bidirectional")
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_same_bidirectional_states(stacked, out)
 
 
 def test_rerun_reuses_a_finished_folder_and_refuses_another_config(adapted, tiny_lm, texts_file):
@@ -306,12 +311,7 @@ def test_simcse_stage_adapts_from_the_mntp_weights(tiny_lm, texts_file, tmp_path
     kept = adapt(load_adapt_config(None, settings(tiny_lm, texts_file, *extra, "merge=false")), stacked, progress=False)
     assert kept["storage"] == "adapter" and kept["simcse"] == summary["simcse"]
     assert json.loads((stacked / "adapter_config.json").read_text())["base_model_name_or_path"] == "mntp"
-    loaded = EmbeddingModel.from_backbone(stacked, attention="bidirectional", pooling="mean")
-    batch = model.tokenize(["cat dog cat dog", "the quick brown fox"])
-    with torch.no_grad():
-        want = run_backbone(model.backbone, batch.input_ids, batch.attention_mask, "bidirectional")
-        got = run_backbone(loaded.backbone, batch.input_ids, batch.attention_mask, "bidirectional")
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_same_bidirectional_states(stacked, out)
 
 
 def test_no_heldout_texts(tiny_lm, texts_file, tmp_path):

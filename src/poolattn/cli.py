@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -40,12 +41,30 @@ def options(
     """Turn decoder LLMs into embedding models and find out which attention and pooling design works best."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``message`` as one error line (never wrapped, never read as markup) and exit with status 2."""
     from rich.markup import escape
 
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+T = TypeVar("T")
+
+
+def run_training_job(job: Callable[[], T]) -> T:
+    """Run ``job`` (loading a config and training or adapting) with INFO logging; a bad config, bad input or a
+    diverged run ends in one error line."""
+    import logging
+
+    from .data import DataError
+    from .training import TrainingDiverged
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return job()
+    except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
+        fail(str(err))
 
 
 DTYPE_HELP = "weights: float32 | bfloat16 | float16 (default: float32; a saved folder: its own)"
@@ -205,18 +224,12 @@ def train(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a design contrastively (LoRA, full or head-only); writes a folder `EmbeddingModel.load` reads."""
-    import logging
-
-    from .data import DataError
-    from .training import TrainingDiverged, load_train_config
+    from .training import load_train_config
     from .training import train as run_training
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_train_config(config, list(set_ or []))
-        result = run_training(cfg, progress=not no_progress)
-    except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
-        fail(str(err))
+    result = run_training_job(
+        lambda: run_training(load_train_config(config, list(set_ or [])), progress=not no_progress)
+    )
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one line per run, not one per process
@@ -246,18 +259,12 @@ def adapt(
 ) -> None:
     """Adapt a decoder as LLM2Vec does: masked next-token prediction under bidirectional attention (LoRA, folded
     in), then optionally unsupervised SimCSE; the output folder loads like any backbone."""
-    import logging
-
-    from .data import DataError
-    from .training import TrainingDiverged, load_adapt_config
     from .training import adapt as run_adapt
+    from .training import load_adapt_config
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_adapt_config(config, list(set_ or []))
-        summary = run_adapt(cfg, output, progress=not no_progress)
-    except (ValueError, KeyError, OSError, DataError, TrainingDiverged) as err:
-        fail(str(err))
+    summary = run_training_job(
+        lambda: run_adapt(load_adapt_config(config, list(set_ or [])), output, progress=not no_progress)
+    )
     heldout = summary.get("heldout") or {}
     before, after = heldout.get("before"), heldout.get("final") or heldout.get("after")
     if before and after:
