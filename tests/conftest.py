@@ -10,6 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# results must not depend on how many other poolattn processes run beside the suite (tests/test_threads.py
+# turns the sharing on where it is what is tested)
+os.environ.setdefault("POOLATTN_SHARE_THREADS", "0")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 from tiny import save_tiny  # noqa: E402

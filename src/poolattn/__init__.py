@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import threads
 from ._version import __version__
+
+threads.configure_environment()  # before torch and tokenizers load: bounded spinning, one thread budget
 
 __all__ = ["EmbeddingConfig", "EmbeddingModel", "__version__"]
 

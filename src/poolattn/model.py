@@ -29,6 +29,7 @@ from .dropout import speed_up_dropout
 from .fingerprints import ModuleFingerprint
 from .io import load_json_object
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
+from .threads import apply_budget
 from .workers import balance_tail, default_workers, map_in_threads
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,8 @@ class EmbeddingModel(nn.Module):
         batches = plan_batches([len(items[i].ids) for i in order], budget, max_batch_size)
         results: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
         show = len(items) >= 512 if show_progress is None else show_progress
+        if self.device.type == "cpu":
+            apply_budget()
         workers = default_workers(self.device, len(batches)) if workers is None else workers
 
         def embed_rows(rows: list[int]) -> np.ndarray:

@@ -39,6 +39,7 @@ from ..backbone import ADAPTER_CONFIG, autocast_precision, resolve_precision
 from ..data import DataOrder, TrainRecord
 from ..io import now, read_json, write_json_atomic
 from ..model import EmbeddingModel, replace_dir
+from ..threads import apply_budget
 from .adapt_config import ADAPT_CONFIG_FILE, ADAPT_LOG, ADAPT_SUMMARY, AdaptConfig, AdaptTexts, adapt_texts
 from .adapt_config import write_adapt_config as write_config
 from .checkpoints import checkpoints, rng_state, set_rng_state
@@ -117,6 +118,8 @@ class MNTPRun:
             ProgressDisplay(self.config.steps, self.step, enabled=self.progress) as display,
         ):
             while self.step < self.config.steps:
+                if self.device.type == "cpu":
+                    apply_budget()  # the live poolattn processes on these cores share them
                 record = self.train_step()
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()

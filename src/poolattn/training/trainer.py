@@ -30,6 +30,7 @@ from ..assets import resolve_backbone
 from ..data import DataOrder, ReadResult, TrainRecord
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..model import EmbeddingModel
+from ..threads import apply_budget
 from .checkpoints import checkpoints, rng_state, set_rng_state
 from .config import (
     CHECKPOINT_DIR,
@@ -251,6 +252,8 @@ class Trainer:
             ProgressDisplay(self.total_steps, self.step, enabled=self.progress) as display,
         ):
             while self.step < self.total_steps:
+                if self.dist.device.type == "cpu":
+                    apply_budget()  # the live poolattn processes on these cores share them
                 record = self.train_step()
                 if log_file is not None:  # the main process alone logs
                     log_file.write(json.dumps(record) + "\n")
