@@ -57,7 +57,7 @@ def test_precision_follows_the_hardware(monkeypatch):
     from poolattn import backbone
 
     for native, precision in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(backbone, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(backbone, "bf16_is_faster", lambda native=native: native)
         assert backbone.resolve_precision("auto") == precision
         with backbone.autocast_precision("auto", "cpu"):
             assert torch.is_autocast_enabled("cpu") is native

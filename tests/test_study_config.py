@@ -72,7 +72,7 @@ def test_overrides(study_file: Path, fake_suite) -> None:
 
 def test_precision_auto_follows_the_hardware(study_file: Path, fake_suite, monkeypatch: pytest.MonkeyPatch) -> None:
     for native, expected in ((True, ("bf16", "bf16")), (False, ("fp32", "no"))):
-        monkeypatch.setattr(backbone, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(backbone, "bf16_is_faster", lambda native=native: native)
         study = load_study(study_file, ["eval.precision=auto", "train.mixed_precision=auto"])
         assert (study.eval.precision, study.recipe.mixed_precision) == expected
     study = load_study(study_file, ["eval.precision=fp32", "train.mixed_precision=no"])

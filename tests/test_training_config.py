@@ -42,7 +42,7 @@ def test_config_from_toml_with_overrides(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_mixed_precision_auto_follows_the_hardware(monkeypatch, native):
-    monkeypatch.setattr("poolattn.backbone.native_bf16", lambda: native)
+    monkeypatch.setattr("poolattn.backbone.bf16_is_faster", lambda: native)
     config = load_train_config(None, ["recipe.mixed_precision=auto"])
     assert config.recipe.mixed_precision == ("bf16" if native else "no")
     assert config.hash() == load_train_config(None, [f"recipe.mixed_precision={'bf16' if native else 'no'}"]).hash()

@@ -378,28 +378,23 @@ def run_backbone(
     return out.last_hidden_state
 
 
-def native_bf16() -> bool:
-    """Whether this machine computes bfloat16 natively: a CUDA device that supports it, or a CPU with AVX512-BF16
-    or AMX-BF16 (elsewhere bfloat16 is emulated and slower than float32)."""
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = next(
-            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
-        ).split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def bf16_is_faster() -> bool:
+    """Whether bfloat16 autocast runs faster than float32 here: on a CUDA device that supports it, or on a CPU
+    whose measured bfloat16 matmuls beat float32 ones (:func:`poolattn.machine.bf16_pays`; a flag alone does
+    not tell: ``avx512_bf16`` without AMX often computes no faster)."""
+    from .machine import bf16_pays
+
+    return bf16_pays("cuda" if torch.cuda.is_available() else "cpu")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(value: str, bf16: str = "bf16", other: str = "fp32") -> str:
-    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``other``; explicit values pass through."""
+    """``auto`` -> ``bf16`` where :func:`bf16_is_faster`, else ``other``; explicit values pass through."""
     if value != "auto":
         return value
-    return bf16 if native_bf16() else other
+    return bf16 if bf16_is_faster() else other
 
 
 @contextmanager

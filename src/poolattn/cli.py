@@ -77,8 +77,8 @@ TRUST_HELP = (
     " refused); only for sources you trust"
 )
 PRECISION_HELP = (
-    "auto | fp32 | bf16: bf16 runs the matmuls under bfloat16 autocast (about 1.7x float32's speed on an"
-    " AVX512-BF16 CPU, cosine to the float32 embeddings >= 0.999); auto = bf16 where the hardware has it natively"
+    "auto | fp32 | bf16: bf16 runs the matmuls under bfloat16 autocast (cosine to the float32 embeddings >= 0.999);"
+    " auto = bf16 where its matmuls measure faster than float32's on this machine (`poolattn machine` shows it)"
 )
 
 
@@ -408,6 +408,24 @@ def report(folder: Annotated[Path, typer.Argument(help="a study folder written b
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {path}")
+
+
+@app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn machine                # CPU, flags, cores, thread budget, matmul rates, chosen precision\n\n"
+        "    poolattn machine --json\n\n"
+        "    ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 poolattn machine   # as a CPU without AMX would compute"
+    )
+)
+def machine(json_output: Annotated[bool, typer.Option("--json", help="print the facts as JSON")] = False) -> None:
+    """What this machine is and how fast it computes: what `precision = "auto"` and the thread budget act on."""
+    import json
+
+    from .machine import describe, summary_line
+
+    info = describe()
+    typer.echo(json.dumps(info, indent=1) if json_output else summary_line(info))
 
 
 @app.command(

@@ -122,15 +122,13 @@ def package_versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str
 
 
 def environment() -> dict[str, Any]:
-    """Versions, hardware and command line, so anyone can rerun what produced a result."""
+    """Versions, hardware (CPU flags, usable cores, thread budget, measured matmul rates) and command line, so
+    anyone can rerun what produced a result and see what it ran on."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from .machine import describe
+
+    machine = describe()
     memory = None
     with suppress(OSError, ValueError, AttributeError):
         memory = int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) * 1024
@@ -139,8 +137,8 @@ def environment() -> dict[str, Any]:
         "versions": {"python": platform.python_version(), **package_versions()},
         "hardware": {
             "platform": platform.platform(),
-            "cpu": cpu,
             "cpu_cores": os.cpu_count(),
+            **machine,
             "torch_threads": torch.get_num_threads(),
             "memory_bytes": memory,
             "gpus": gpus,

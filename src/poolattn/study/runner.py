@@ -47,12 +47,14 @@ from ..data import TrainRecord
 from ..evaluate import evaluate_model
 from ..evaluate.offline import select_tasks
 from ..io import environment, move_aside, now, read_json, write_json_atomic
+from ..machine import summary_line
 from ..model import EmbeddingModel
 from ..pooling import build_pooler
 from ..stats import linear_cka
 from ..training import TrainConfig
 from .cells import Cell, digest, layer_tasks, layers_hash, layers_profile, plan_cells, shares_layer_pass
 from .config import Design, Study, StudyError, adapt_config, default_config_text, load_study, train_config
+from .estimate import estimate
 from .layers import LayerEncoder, LayerStore
 from .progress import GridProgress, console
 from .report import render_report
@@ -175,6 +177,7 @@ class StudyRunner:
             f"→ {self.out}"
         )
         ordered = self.ordered_cells()
+        self.print_cost([c for c in ordered if not self.cell_done(c)])
         n_shared = sum(shares_layer_pass(self.study, c.design) for c in ordered)
         for index, cell in enumerate(ordered, start=1):
             cell_started = time.perf_counter()
@@ -196,6 +199,17 @@ class StudyRunner:
         run.update(finished=now(), wall_seconds=round(time.perf_counter() - started, 2))
         self.write_study(run)
         self.grid.log(event="run-finish", wall_seconds=run["wall_seconds"])
+
+    def print_cost(self, pending: list[Cell]) -> None:
+        """This machine and what the pending cells will cost on it, measured on the backbone first."""
+        if not self.procs.is_main:
+            return
+        console.print(f"  machine: {summary_line()}")
+        if not pending or not self.progress:
+            return
+        cost = estimate(self.study, pending, self.backbone, self.procs.device)
+        console.print(f"  {cost.line()}")
+        self.grid.log(event="estimate", seconds=round(cost.total_seconds, 1), phases=cost.phases)
 
     def follow_cell(self, cell: Cell) -> None:
         """On a training process other than the first: take part in the cell's training, then wait for process 0

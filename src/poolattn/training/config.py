@@ -160,13 +160,13 @@ class RecipeSection:
     finetune: str = "lora"
     #: Recompute the backbone's activations in the backward pass (less memory, more compute).
     gradient_checkpointing: bool = False
-    #: no | bf16 | fp16 autocast (``auto``: bf16 where this machine computes bfloat16 natively, else no).
+    #: no | bf16 | fp16 autocast (``auto``: bf16 where it measures faster than float32 here, else no).
     mixed_precision: str = "no"
     #: Seeds the head's initialisation, the data order, the subset and dropout.
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mixed_precision == "auto":  # bf16 autocast where this machine computes bfloat16 natively
+        if self.mixed_precision == "auto":  # bf16 autocast where it measures faster here
             self.mixed_precision = resolve_precision("auto", "bf16", "no")
 
 

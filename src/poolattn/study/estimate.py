@@ -1,0 +1,111 @@
+"""What a study will cost on this machine, measured before it starts.
+
+A few seconds of real work on the study's backbone at its own batch size and text length — one training step's
+forward and backward pass (LoRA-like: activation gradients, no weight gradients), one encode of a batch —
+turned into an ETA of the whole grid: adaptation, training, evaluation (the distinct texts of every task, each
+encoded once per design) and the layer pass. The grid's progress lines refine it from the cells run so far.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..backbone import autocast_precision, resolve_precision
+from ..model import EmbeddingModel
+from .cells import Cell
+from .config import Study
+
+#: Probe texts are this share of ``model.max_length`` tokens (short texts dominate the shipped data).
+PROBE_LENGTH_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Measured rates and the ETA they give, per phase (seconds)."""
+
+    step_seconds: float
+    encode_texts_per_second: float
+    probe_tokens: int
+    phases: dict[str, float]
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.phases.values())
+
+    def line(self) -> str:
+        from .progress import fmt_seconds
+
+        parts = " · ".join(f"{name} {fmt_seconds(seconds)}" for name, seconds in self.phases.items() if seconds)
+        return (
+            f"measured: a training step {self.step_seconds:.2f} s, encoding {self.encode_texts_per_second:.0f} "
+            f"texts/s ({self.probe_tokens}-token texts) → ETA {fmt_seconds(self.total_seconds)} ({parts})"
+        )
+
+
+def _time(fn: Any, repeats: int = 2) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(study: Study, backbone: str, device: torch.device) -> tuple[float, float, int]:
+    """(seconds of one training step at the recipe's batch, encoded texts per second, tokens per probe text)."""
+    model = EmbeddingModel.from_backbone(
+        backbone, attention="causal", pooling="mean", dtype=study.model.dtype, max_length=study.model.max_length
+    ).to(device)
+    tokens = max(4, int(study.model.max_length * PROBE_LENGTH_SHARE))
+    texts_per_step = study.recipe.batch_size * (3 if study.data.hard_negatives not in (None, "none") else 2)
+    ids = torch.randint(100, 1000, (texts_per_step, tokens), device=device)
+    mask = torch.ones_like(ids)
+    precision = resolve_precision(study.recipe.mixed_precision, "bf16", "fp32")
+    embeddings = model.backbone.get_input_embeddings()
+
+    def step() -> None:
+        with autocast_precision(precision, device):
+            inputs = embeddings(ids).detach().requires_grad_()
+            hidden = model.backbone(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        hidden.float().pow(2).mean().backward()
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    step_seconds = _time(step)
+    texts = [" ".join(["word"] * tokens)] * 64
+    encode_seconds = _time(lambda: model.encode(texts, show_progress=False), repeats=1)
+    return step_seconds, len(texts) / encode_seconds, tokens
+
+
+def eval_texts(study: Study) -> int | None:
+    """Distinct texts one design encodes in the offline suite (None for MTEB: unknown before it downloads)."""
+    if study.eval.suite != "offline":
+        return None
+    from ..evaluate.offline import select_tasks
+
+    total = 0
+    for task in select_tasks(study.eval.tasks, study.eval.profile):  # type: ignore[arg-type]
+        total += len(task.load(study.eval.profile).all_texts())  # type: ignore[arg-type]
+    return total
+
+
+def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.device) -> Estimate:
+    """Measure here and add up the pending cells' phases."""
+    step_seconds, texts_per_second, tokens = measure(study, backbone, device)
+    trained = [c for c in cells if c.design.train]
+    phases = {"training": len(trained) * study.recipe.steps * step_seconds}
+    if study.adapt is not None:
+        seeds = {c.seed for c in trained if study.adapted(c.design)}
+        share = (study.adapt.batch_size * study.adapt.max_length) / max(1, study.recipe.batch_size * 2 * tokens)
+        phases["adaptation"] = len(seeds) * study.adapt.steps * step_seconds * share
+    n_texts = eval_texts(study)
+    if n_texts is not None:
+        phases["evaluation"] = len(cells) * n_texts / texts_per_second
+        if study.layers.enabled:
+            phases["layer pass"] = n_texts / texts_per_second
+    return Estimate(step_seconds, texts_per_second, tokens, phases)
