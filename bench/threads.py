@@ -76,7 +76,8 @@ def main() -> None:
         print(
             f"{label:14s} alone {alone[0]:.3f} s/step ({alone[1]} threads) · two at once "
             + ", ".join(f"{s:.3f} s/step ({t} threads)" for s, t in pair)
-            + f" · each keeps {min(shares):.0%}–{max(shares):.0%} of its alone rate ({time.perf_counter() - started:.0f} s)"
+            + f" · each keeps {min(shares):.0%}–{max(shares):.0%} of its alone rate"
+            + f" ({time.perf_counter() - started:.0f} s)"
         )
 
 

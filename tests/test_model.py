@@ -404,3 +404,33 @@ def test_compile_warns_when_the_pooler_reads_every_layer(tiny_llama, caplog):
     assert "runs the eager backbone" in caplog.text
     texts = ["one text", "another, longer text"]
     np.testing.assert_array_equal(model.encode(texts), make().encode(texts))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("pooling", ["mean", "multilayer"])
+def test_backbone_cut_at_a_layer(tiny_factory, tmp_path, family, pooling):
+    """num_layers=k runs the first k layers (the final norm after them) and saves/loads to the same vectors;
+    the full model's layer k equals the cut model's last layer before that norm."""
+    folder = tiny_factory(family)
+    texts = ["a short text", "a somewhat longer text about cats and dogs"]
+    full = EmbeddingModel.from_backbone(folder, pooling=pooling, attention="bidirectional")
+    cut = EmbeddingModel.from_backbone(folder, pooling=pooling, attention="bidirectional", num_layers=2)
+    assert cut.backbone.config.num_hidden_layers == 2 and len(cut.backbone.layers) == 2
+    batch = cut.collate(cut.tokenize_texts(texts, None), "right")
+    with torch.inference_mode():
+        deep = full.backbone(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        shallow = cut.backbone(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    torch.testing.assert_close(deep.hidden_states[1], shallow.hidden_states[1], rtol=0, atol=0)
+    torch.testing.assert_close(full.backbone.norm(deep.hidden_states[2]), shallow.last_hidden_state)
+    cut.save(tmp_path / "cut")
+    again = EmbeddingModel.load(tmp_path / "cut")
+    assert again.config.num_layers == 2
+    np.testing.assert_array_equal(cut.encode(texts), again.encode(texts))
+    assert full.config.hash() != cut.config.hash()
+
+
+def test_backbone_cut_out_of_range(tiny_llama):
+    with pytest.raises(BackboneError, match=r"num_layers = 9: .* has 3 decoder layers"):
+        EmbeddingModel.from_backbone(tiny_llama, num_layers=9)
+    with pytest.raises(ValueError, match="num_layers must be a positive"):
+        EmbeddingModel.from_backbone(tiny_llama, num_layers=0)

@@ -120,7 +120,8 @@ def test_two_processes_take_one_thread_each(tmp_path):
     env.pop("OMP_NUM_THREADS", None)
 
     def start(seconds: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", script, str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
+        command = [sys.executable, "-c", script, str(seconds)]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
 
     pair = [start(60.0), start(60.0)]
     ends = [int(p.communicate(timeout=120)[0]) for p in pair]

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers import logging as hf_logging
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -144,8 +144,10 @@ def load_backbone(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     causal_lm: bool = False,
+    num_layers: int | None = None,
 ) -> PreTrainedModel:
-    """Load a decoder without its LM head (``causal_lm``: with it) from a hub id or a local folder.
+    """Load a decoder without its LM head (``causal_lm``: with it) from a hub id or a local folder;
+    ``num_layers``: only its first N decoder layers (the others are not even read), then its final norm.
 
     A folder holding a LoRA adapter (``adapter_config.json``, no ``config.json``; as ``poolattn adapt`` writes with
     ``merge = false``) loads its base (``base_model_name_or_path``, relative to the folder when it names a
@@ -156,7 +158,7 @@ def load_backbone(
     looks_local = path.is_absolute() or str(name_or_path).startswith((".", "~")) or path.exists()
     folder = path.expanduser()
     if looks_local and (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
-        return load_adapter_folder(folder, dtype, attn_implementation, trust_remote_code, causal_lm)
+        return load_adapter_folder(folder, dtype, attn_implementation, trust_remote_code, causal_lm, num_layers)
     if looks_local and not (folder / "config.json").is_file():
         raise BackboneError(f"model folder {path} not found or has no config.json")
     if looks_local:
@@ -166,17 +168,20 @@ def load_backbone(
     try:
         config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
         check_decoder(config, name_or_path)
+        if num_layers is not None:
+            cut_layers(config, num_layers, name_or_path)
         implementation = attn_implementation or default_attn_implementation()
         if implementation in ("sdpa", short_attention.NAME) and not sdpa_supported(config):
             implementation = "eager"
-        model, info = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(
-            str(name_or_path),
-            config=config,
-            dtype=torch_dtype,
-            attn_implementation=implementation,
-            trust_remote_code=trust_remote_code,
-            output_loading_info=True,
-        )
+        with quiet_load_report(num_layers is not None):  # the layers left out are "unexpected" weights
+            model, info = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(
+                str(name_or_path),
+                config=config,
+                dtype=torch_dtype,
+                attn_implementation=implementation,
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+            )
     except OSError as err:
         raise BackboneError(f"cannot load backbone {name_or_path!r}: {err}") from err
     except ValueError as err:  # transformers refuses a hub repository whose code it was not allowed to run
@@ -271,15 +276,22 @@ def adapter_base(folder: Path) -> str:
 
 
 def load_adapter_folder(
-    folder: Path, dtype: str | torch.dtype, attn_implementation: str | None, trust_remote_code: bool, causal_lm: bool
+    folder: Path,
+    dtype: str | torch.dtype,
+    attn_implementation: str | None,
+    trust_remote_code: bool,
+    causal_lm: bool,
+    num_layers: int | None = None,
 ) -> PreTrainedModel:
-    """The base of an adapter folder with the adapter folded into its weights."""
+    """The base of an adapter folder with the adapter folded into its weights (the adapter of layers past
+    ``num_layers`` is left out with them)."""
     base = load_backbone(
         adapter_base(folder),
         dtype=dtype,
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
         causal_lm=causal_lm,
+        num_layers=num_layers,
     )
     # the adapter was trained on the decoder without its head: attach it there
     inner = base.base_model if causal_lm else base
@@ -306,6 +318,32 @@ def default_attn_implementation() -> str:
     except ImportError:
         pass
     return short_attention.NAME
+
+
+@contextmanager
+def quiet_load_report(quiet: bool) -> Iterator[None]:
+    """transformers' loading report at error level only, for the block (when ``quiet``)."""
+    if not quiet:
+        yield
+        return
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def cut_layers(config: PretrainedConfig, num_layers: int, source: str | Path) -> None:
+    """Keep the first ``num_layers`` decoder layers of ``config`` (and their per-layer settings)."""
+    total = int(config.num_hidden_layers)
+    if not 1 <= num_layers <= total:
+        raise BackboneError(f"num_layers = {num_layers}: {source} has {total} decoder layers (use 1..{total})")
+    config.num_hidden_layers = num_layers
+    for key in ("layer_types", "sliding_window_pattern_list"):
+        value = getattr(config, key, None)
+        if isinstance(value, list) and len(value) == total:
+            setattr(config, key, value[:num_layers])
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

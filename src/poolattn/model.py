@@ -52,8 +52,12 @@ class EmbeddingConfig:
     max_length: int = 512
     instruction_template: str = DEFAULT_TEMPLATE
     pool_instruction: bool = True
+    #: Only the backbone's first N decoder layers (then its final norm); None: all of them.
+    num_layers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_layers is not None and (isinstance(self.num_layers, bool) or self.num_layers < 1):
+            raise ValueError(f"num_layers must be a positive number of decoder layers, got {self.num_layers!r}")
         if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
             raise ValueError("instruction_template must contain '{instruction}' and '{text}'")
         if self.max_length < 2:
@@ -61,8 +65,12 @@ class EmbeddingConfig:
         resolve_dtype(self.dtype)
 
     def hash(self) -> str:
-        """A short stable hash of the design (what changes the embeddings)."""
-        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        """A short stable hash of the design (what changes the embeddings); an unset ``num_layers`` leaves it as
+        it was before that option existed."""
+        fields_ = asdict(self)
+        if fields_["num_layers"] is None:
+            del fields_["num_layers"]
+        payload = json.dumps(fields_, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -151,6 +159,7 @@ class EmbeddingModel(nn.Module):
             dtype=dtype,
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=trust_remote_code,
+            num_layers=cfg.num_layers,
         )
         tokenizer = load_tokenizer(str(name_or_path), trust_remote_code)
         with torch.random.fork_rng(devices=[]):
@@ -505,6 +514,7 @@ class EmbeddingModel(nn.Module):
             dtype=config.dtype,
             attn_implementation=config.attn_implementation,
             trust_remote_code=trust_remote_code,
+            num_layers=config.num_layers,
         )
         if storage == "adapter":
             from .backbone import load_adapter

@@ -138,6 +138,7 @@ def shares_layer_pass(study: Study, design: Design) -> bool:
     return (
         study.layers.enabled
         and study.eval.suite == "offline"
+        and study.model.num_layers is None  # the layer pass runs the whole backbone
         and not design.train
         and not design.options
         and design.attention == study.layers.attention

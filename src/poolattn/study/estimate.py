@@ -59,7 +59,12 @@ def _time(fn: Any, repeats: int = 2) -> float:
 def measure(study: Study, backbone: str, device: torch.device) -> tuple[float, float, int]:
     """(seconds of one training step at the recipe's batch, encoded texts per second, tokens per probe text)."""
     model = EmbeddingModel.from_backbone(
-        backbone, attention="causal", pooling="mean", dtype=study.model.dtype, max_length=study.model.max_length
+        backbone,
+        attention="causal",
+        pooling="mean",
+        dtype=study.model.dtype,
+        max_length=study.model.max_length,
+        num_layers=study.model.num_layers,
     ).to(device)
     tokens = max(4, int(study.model.max_length * PROBE_LENGTH_SHARE))
     texts_per_step = study.recipe.batch_size * (3 if study.data.hard_negatives not in (None, "none") else 2)

@@ -112,7 +112,7 @@ class StudyRunner:
                     pooler = build_pooler(
                         design.pooling,
                         hidden_size=self.hidden_size,
-                        num_layers=self.num_layers,
+                        num_layers=self.study.model.num_layers or self.num_layers,
                         attention=design.attention,
                         options=dict(design.options),
                     )
@@ -280,12 +280,13 @@ class StudyRunner:
             pooling_options=dict(design.options),
             dtype=model.dtype,
             max_length=model.max_length,
+            num_layers=model.num_layers,
             seed=seed,
         ).to(self.procs.device)
 
     def records_for(self, config: TrainConfig) -> list[TrainRecord]:
-        """The training records of a seed, built once and handed to every design of that seed."""
-        seed = config.recipe.seed
+        """The training records of a data seed, built once and handed to every design of that seed."""
+        seed = config.data_seed
         if seed not in self.records:
             self.records[seed] = training.load_training_records(config)
         return self.records[seed]

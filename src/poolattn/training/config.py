@@ -100,6 +100,8 @@ class ModelSection:
     dtype: str = "float32"
     #: Texts are truncated to this many tokens.
     max_length: int = 128
+    #: Only the backbone's first N decoder layers (then its final norm): cheaper steps and encodes; None: all.
+    num_layers: int | None = None
 
 
 @dataclass
@@ -122,6 +124,9 @@ class DataSection:
     #: Records set aside (the same for every design of a seed) to measure held-out InfoNCE and top-1 accuracy
     #: against chance before the first step and after the last; 0: none.
     heldout: int = 0
+    #: Seeds the subset, the hard negatives and the held-out split (None: ``recipe.seed``), so that the data
+    #: sample can stay fixed while the training seed varies, or vary alone.
+    seed: int | None = None
 
 
 @dataclass
@@ -162,8 +167,11 @@ class RecipeSection:
     gradient_checkpointing: bool = False
     #: no | bf16 | fp16 autocast (``auto``: bf16 where it measures faster than float32 here, else no).
     mixed_precision: str = "no"
-    #: Seeds the head's initialisation, the data order, the subset and dropout.
+    #: Seeds the head's and adapter's initialisation and dropout; and the data order and the data sample unless
+    #: ``order_seed`` / ``data.seed`` are set.
     seed: int = 0
+    #: Seeds the order the records are seen in (None: ``seed``).
+    order_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "auto":  # bf16 autocast where it measures faster here
@@ -223,10 +231,28 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data sample: ``data.seed``, else ``recipe.seed``."""
+        return self.recipe.seed if self.data.seed is None else self.data.seed
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the data order: ``recipe.order_seed``, else ``recipe.seed``."""
+        return self.recipe.seed if self.recipe.order_seed is None else self.recipe.order_seed
+
     def hash(self) -> str:
-        """Hash of what determines the trained weights (every section but ``output``)."""
+        """Hash of what determines the trained weights (every section but ``output``; options that are unset
+        leave it as it was before they existed)."""
         payload = {k: v for k, v in asdict(self).items() if k != "output"}
+        for section, key in UNSET_IF_NONE:
+            if payload[section].get(key, 0) is None:
+                del payload[section][key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Keys left out of :meth:`TrainConfig.hash` while they are None.
+UNSET_IF_NONE = (("data", "seed"), ("recipe", "order_seed"), ("model", "num_layers"))
 
 
 #: Every numeric key of a training config and the values it takes (finite; ``None`` where the key allows it).
@@ -246,6 +272,9 @@ RANGES: dict[str, Range] = {
     "recipe.max_grad_norm": POSITIVE,
     "recipe.scale": POSITIVE,
     "recipe.seed": Range(0, 2**32 - 1),  # numpy's seed range
+    "recipe.order_seed": Range(0, 2**32 - 1),
+    "data.seed": Range(0, 2**32 - 1),
+    "model.num_layers": POSITIVE,
     "lora.r": POSITIVE,
     "lora.alpha": POSITIVE,
     "lora.dropout": Range(0, 1, high_open=True),

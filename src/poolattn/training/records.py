@@ -20,7 +20,7 @@ from .config import TrainConfig
 def read_training_data(config: TrainConfig) -> ReadResult:
     """The records ``config.data`` names (built-in sets or a validated file/dataset), and the skipped ones;
     ``data.heldout`` more than ``data.n_pairs``, for :func:`~poolattn.training.heldout.split_heldout`."""
-    data, seed = config.data, config.recipe.seed
+    data, seed = config.data, config.data_seed
     n = None if data.n_pairs is None else data.n_pairs + data.heldout
     if is_builtin(data.path):
         records = builtin_training_set(data.path, n, seed, data.hard_negatives or "none", data.instruction)

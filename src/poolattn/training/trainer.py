@@ -94,6 +94,7 @@ def build_model(config: TrainConfig) -> EmbeddingModel:
         dtype=m.dtype,
         seed=recipe.seed,
         max_length=m.max_length,
+        num_layers=m.num_layers,
     )
     if recipe.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -194,7 +195,7 @@ class Trainer:
         self.records, self.heldout_records = split_heldout(data.records, config.data.heldout)
         self.skipped = len(data.skipped)
         self.heldout: dict[str, Any] = {}
-        self.order = DataOrder(len(self.records), self.recipe.batch_size, self.recipe.seed)
+        self.order = DataOrder(len(self.records), self.recipe.batch_size, config.order_seed)
         self.total_steps = self.recipe.steps or (self.recipe.epochs or 1) * self.order.steps_per_epoch
         self.model = build_model(config).to(self.dist.device).train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
