@@ -175,19 +175,27 @@ def encode(
     format: Annotated[
         str | None, typer.Option(help="npy | jsonl | parquet (default: from the --output suffix)")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing --output file that is not an embeddings file")
+    ] = False,
 ) -> None:
     """Embed texts (L2-normalised float32, one row per input line) into an .npy, .jsonl or .parquet file."""
-    from .textio import InputError, check_output, output_format, read_texts, write_embeddings
+    from .outputs import OutputError, check_free_space, write_error
+    from .textio import InputError, check_output, output_bytes, output_format, read_texts, write_embeddings
 
     check_precision(precision)
+    if batch_tokens is not None and batch_tokens < 1:
+        fail(f"--batch-tokens takes a positive number of tokens, got {batch_tokens}")
     try:
-        check_output(output)
+        check_output(output, overwrite)
         kind = output_format(output, format)
         texts = read_texts(input, field)
     except InputError as err:
         fail(str(err))
     if not texts:
         fail(f"{input}: no texts to encode")
+    if blank := sum(1 for text in texts if not text.strip()):
+        console.print(f"[yellow]note:[/] {blank} of {len(texts)} texts are blank; they all get the same vector")
     try:
         m = open_model(
             model,
@@ -202,9 +210,18 @@ def encode(
         fail(str(err))
     from .backbone import autocast_precision
 
+    try:
+        check_free_space(output.parent, output_bytes(kind, len(texts), m.dim, texts), str(output))
+    except OutputError as err:
+        fail(str(err))
     with autocast_precision(precision, m.device):
         vecs = m.encode(texts, instruction=instruction, batch_tokens=batch_tokens, show_progress=True)
-    write_embeddings(output, vecs, texts, kind)
+    try:
+        write_embeddings(output, vecs, texts, kind)
+    except OutputError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(write_error(err, output))
     console.print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {output} ({kind})")
 
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -28,6 +27,7 @@ from .config import build_from
 from .dropout import speed_up_dropout
 from .fingerprints import ModuleFingerprint
 from .io import load_json_object
+from .outputs import check_folder_target, make_temp
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
 from .workers import balance_tail, default_workers, map_in_threads
 
@@ -445,7 +445,7 @@ class EmbeddingModel(nn.Module):
         """
         target = Path(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = make_temp(target, folder=True)
         try:
             config = asdict(self.config)
             full = backbone_weights if backbone_weights is not None else self._backbone_changed()
@@ -634,9 +634,11 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int)
 
 
 def replace_dir(src: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing target is swapped out only after the new one is complete."""
+    """Move a finished folder into place; an existing target is swapped out only after the new one is complete
+    (a target that is not a folder, a symlink included, is refused)."""
+    check_folder_target(target)
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))  # unique to this run
+        old = make_temp(target, folder=True)  # unique to this run
         os.replace(target, old)
         os.replace(src, target)
         shutil.rmtree(old, ignore_errors=True)
