@@ -54,7 +54,7 @@ def kind_of(path: Path) -> str | None:
     ``FIFO``, ``character device``, ``block device`` or ``socket``."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     for test, name in (
         (stat.S_ISREG, "file"),
