@@ -3,12 +3,10 @@ one run per folder; temporaries of a killed run are removed by the next; the res
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np

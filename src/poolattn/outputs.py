@@ -165,8 +165,10 @@ def locked(folder: Path) -> Iterator[None]:
             raise OutputError(
                 f"{folder} is in use by another poolattn run (pid {holder}); wait for it to end or choose another folder"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pid = f"{os.getpid()}\n".encode()
+        if os.pread(fd, 32, 0) != pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
         remove_stale(folder, locked=True)
         yield
     finally:
@@ -256,6 +258,14 @@ def check_free_space(path: Path, needed: int, what: str = "the output") -> None:
         raise OutputError(
             f"{existing}: not enough free space for {what} ({needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)"
         )
+
+
+def save_failure(err: Exception, path: Path) -> str:
+    """One line for a failed save of ``path`` by any library: which path is full on a full disk, else the error."""
+    if isinstance(err, OSError):
+        return write_error(err, path)
+    full = "No space left" in str(err) or "os error 28" in str(err)
+    return f"{path}: {'no space left on the device' if full else f'could not be saved ({err})'}"
 
 
 def write_error(err: OSError, path: Path) -> str:
