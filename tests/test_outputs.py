@@ -3,10 +3,13 @@ one run per folder; temporaries of a killed run are removed by the next; the res
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,13 @@ import pytest
 from test_cli_errors import one_error_line, runner
 from typer.testing import CliRunner
 
+import poolattn
 from poolattn.cli import app
+
+
+#: The source tree the subprocesses import, and the files poolattn keeps in a folder it writes.
+SRC = Path(poolattn.__file__).parents[1]
+BOOKKEEPING = (".poolattn-output.json", ".poolattn.lock")
 
 
 @pytest.fixture
@@ -114,3 +123,186 @@ def test_encode_full_disk_while_writing_is_one_line(tiny_llama, texts, tmp_path,
     out = tmp_path / "v.npy"
     one_error_line(encode_args(tiny_llama, texts, out), "no space left on the device", str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]
+
+
+# ============================================================================================ train
+def write_records(path: Path, n: int = 16, same: bool = False) -> Path:
+    from training_common import make_records
+
+    records = make_records(n)
+    rows = [{"query": "a", "positive": "b"} if same else {"query": r.query, "positive": r.positive} for r in records]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def train_config(tmp_path: Path, backbone: Path, out: Path, steps: int = 2) -> Path:
+    config = tmp_path / "train.toml"
+    data = write_records(tmp_path / "pairs.jsonl")
+    config.write_text(
+        textwrap.dedent(f"""
+        [model]
+        backbone = "{backbone}"
+        pooling = "mean"
+        max_length = 16
+        [data]
+        path = "{data}"
+        [recipe]
+        steps = {steps}
+        batch_size = 8
+        lr = 1e-3
+        [lora]
+        r = 4
+        alpha = 8
+        [output]
+        dir = "{out}"
+        checkpoint_every = 0
+        """)
+    )
+    return config
+
+
+def train_args(config: Path, *sets: str) -> list[str]:
+    return ["train", str(config), "--no-progress", *(a for s in sets for a in ("--set", s))]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_every_0_checkpoints_at_the_end_and_a_changed_rerun_is_refused(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    config = train_config(tmp_path, tiny_llama, out)
+    first = runner.invoke(app, train_args(config))
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    model = tree(out / "model")
+    one_error_line(train_args(config, "recipe.lr=5e-4"), f"{out} holds a finished run with a different config")
+    assert tree(out / "model") == model
+    # output.resume = false starts over, keeping the finished run aside
+    again = runner.invoke(app, train_args(config, "recipe.lr=5e-4", "output.resume=false"))
+    assert again.exit_code == 0, again.output
+    (kept,) = (out / "superseded").iterdir()
+    assert tree(kept / "model") == model and (kept / "train_log.jsonl").is_file()
+
+
+def test_train_refuses_a_folder_it_did_not_write(tiny_llama, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    one_error_line(train_args(train_config(tmp_path, tiny_llama, out)), f"{out} already holds files poolattn train")
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_concurrent_train_runs_one_fails_at_once(tiny_llama, tmp_path):
+    """Two ``poolattn train`` processes started together into one folder: one trains all 60 steps, the other
+    fails at once in one line naming the first's pid; the log holds each step once, in order."""
+    out = tmp_path / "run"
+    config = train_config(tmp_path, tiny_llama, out, steps=60)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "poolattn", *train_args(config)]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    runs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outcomes = {run.pid: (run.wait(timeout=300), run.stdout.read()) for run in runs}
+    (loser,) = [pid for pid, (code, _) in outcomes.items() if code == 2]
+    (winner,) = [pid for pid, (code, _) in outcomes.items() if code == 0]
+    lines = [line for line in outcomes[loser][1].splitlines() if line.strip() and not line.startswith("INFO")]
+    assert len(lines) == 1 and f"{out} is in use by another poolattn run (pid {winner})" in lines[0], lines
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import poolattn.model
+real = poolattn.model.save_file
+def save_then_die(state, path, *args, **kwargs):
+    real(state, path, *args, **kwargs)
+    if os.path.basename(os.path.dirname(path)).startswith(".model."):
+        os.kill(os.getpid(), signal.SIGKILL)  # the final model half written
+poolattn.model.save_file = save_then_die
+import poolattn
+from poolattn.cli import app
+sys.argv = ["poolattn", *sys.argv[1:]]
+app()
+"""
+
+
+def test_kill_during_the_final_save_leaves_nothing_after_the_rerun(tiny_llama, tmp_path):
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    config = train_config(tmp_path, tiny_llama, out, steps=3)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, *train_args(config)], env=env, timeout=300)
+    assert killed.returncode == -9
+    assert [p.name for p in out.iterdir() if p.name.startswith(".model.")]  # the half-written model
+    assert not (out / "model").exists()
+    rerun = runner.invoke(app, train_args(config))
+    assert rerun.exit_code == 0, rerun.output
+    assert not [p for p in out.rglob(".*") if p.name not in BOOKKEEPING]
+    assert runner.invoke(app, train_args(config, f"output.dir={clean}")).exit_code == 0
+    from training_common import saved_weights
+
+    resumed, straight = saved_weights(out / "model"), saved_weights(clean / "model")
+    assert resumed.keys() == straight.keys() and all(bool((resumed[k] == straight[k]).all()) for k in resumed)
+
+
+def test_train_full_disk_is_refused_before_the_first_step(tiny_llama, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    out = tmp_path / "run"
+    one_error_line(train_args(train_config(tmp_path, tiny_llama, out)), "not enough free space")
+    assert not (out / "train_log.jsonl").exists()
+
+
+def test_train_full_disk_at_the_final_save_is_one_line(tiny_llama, tmp_path, monkeypatch):
+    import errno
+
+    import poolattn.model
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(poolattn.model, "save_file", full)
+    out = tmp_path / "run"
+    one_error_line(train_args(train_config(tmp_path, tiny_llama, out)), "no space left on the device", str(out))
+    assert not (out / "model").exists() and (out / "checkpoints" / "step-00000002").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("output.dir=", "output.dir is empty"),
+        ("data.instruction=" + "x" * 5000, "data.instruction is 5000 characters; at most 4096"),
+        ("recipe.steps=-1", "--set 'recipe.steps=-1': recipe.steps must be positive"),
+        ("recipe={steps=-1}", "--set 'recipe={steps=-1}': recipe.steps must be positive"),
+    ],
+)
+def test_train_overrides_refused_in_one_line(tiny_llama, tmp_path, override, message):
+    one_error_line(train_args(train_config(tmp_path, tiny_llama, tmp_path / "run"), override), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_inline_table_override_merges_into_the_files_table(tiny_llama, tmp_path):
+    from poolattn.training import load_train_config
+
+    config = load_train_config(train_config(tmp_path, tiny_llama, tmp_path / "run"), ["recipe={steps=1}"])
+    assert (config.recipe.steps, config.recipe.lr, config.recipe.batch_size) == (1, 1e-3, 8)
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path):
+    config = tmp_path / "deep.toml"
+    config.write_text("x = " + "[" * 2000 + "]" * 2000 + "\n")
+    one_error_line(["train", str(config)], f"{config}: not valid TOML: tables or arrays nested too deeply")
+
+
+def test_huge_csv_cell_names_file_and_line(tiny_llama, tmp_path):
+    data = tmp_path / "pairs.csv"
+    data.write_text("query,positive\nshort,text\n" + "q," + "x" * 200_000 + "\n")
+    config = train_config(tmp_path, tiny_llama, tmp_path / "run")
+    one_error_line(train_args(config, f"data.path={data}"), f"{data}, line 3: a cell longer than 131072 characters")
+
+
+def test_identical_records_are_refused(tiny_llama, tmp_path):
+    config = train_config(tmp_path, tiny_llama, tmp_path / "run")
+    data = write_records(tmp_path / "same.jsonl", 64, same=True)
+    one_error_line(train_args(config, f"data.path={data}"), "all 64 records have the same positive")

@@ -163,7 +163,7 @@ def locked(folder: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise OutputError(
-                f"{folder} is in use by another poolattn run (pid {holder}); wait for it to end or choose another folder"
+                f"{folder} is in use by another poolattn run (pid {holder}); wait for it or choose another folder"
             ) from None
         pid = f"{os.getpid()}\n".encode()
         if os.pread(fd, 32, 0) != pid:
@@ -198,11 +198,12 @@ def user_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_ENTRIES and not TEMP_NAME.match(p.name))
 
 
-def claim(folder: Path, command: str, *, recognise: Sequence[str] = ()) -> None:
+def claim(folder: Path, command: str, *, recognise: Sequence[str] = (), mark: bool = True) -> None:
     """Make ``folder`` the output of ``command`` (``train``, ``adapt``...), or refuse with an :class:`OutputError`.
 
     Accepted: a missing or empty folder (created, marked), one marked by ``command``, and one holding any of
-    ``recognise`` (the files an earlier version of ``command`` wrote; it is marked now)."""
+    ``recognise`` (the files an earlier version of ``command`` wrote; it is marked now). ``mark=False`` only
+    checks, creating and writing nothing."""
     folder = Path(folder)
     check_folder_target(folder)
     marker = read_marker(folder)
@@ -219,8 +220,19 @@ def claim(folder: Path, command: str, *, recognise: Sequence[str] = ()) -> None:
             raise OutputError(
                 f"{folder} already holds files poolattn {command} did not write ({shown}); choose a new folder"
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_marker(folder, command)
+    if mark:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_marker(folder, command)
+
+
+@contextmanager
+def owned_run(folder: Path, command: str, *, recognise: Sequence[str] = ()) -> Iterator[None]:
+    """Run the block as ``command``'s run in ``folder``: refused (nothing written) unless :func:`claim` accepts it,
+    then locked (:func:`locked`, stale temporaries removed) and marked."""
+    claim(folder, command, recognise=recognise, mark=False)
+    with locked(folder):
+        claim(folder, command, recognise=recognise)
+        yield
 
 
 def install(source: Path, folder: Path, command: str) -> None:

@@ -31,7 +31,7 @@ from ..assets import resolve_backbone
 from ..data import DataError, DataOrder, ReadResult, TrainRecord
 from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..model import EmbeddingModel
-from ..outputs import OutputError, check_free_space, claim, locked, save_failure
+from ..outputs import OutputError, check_free_space, owned_run, save_failure
 from .checkpoints import checkpoints, rng_state, set_rng_state
 from .config import (
     CHECKPOINT_DIR,
@@ -232,9 +232,8 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
         """Train (or resume, or return the finished result) holding the output folder's lock."""
-        with locked(self.out) if self.dist.is_main else nullcontext():
-            if self.dist.is_main:
-                claim(self.out, "train", recognise=(CONFIG_FILE, SUMMARY_FILE, LOG_FILE, CHECKPOINT_DIR))
+        recognise = (CONFIG_FILE, SUMMARY_FILE, LOG_FILE, CHECKPOINT_DIR)
+        with owned_run(self.out, "train", recognise=recognise) if self.dist.is_main else nullcontext():
             return self.train_all()
 
     def train_all(self) -> TrainResult:
