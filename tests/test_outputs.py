@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from typer.testing import CliRunner
 
 import poolattn
 from poolattn.cli import app
-
 
 #: The source tree the subprocesses import, and the files poolattn keeps in a folder it writes.
 SRC = Path(poolattn.__file__).parents[1]
