@@ -304,3 +304,40 @@ def test_identical_records_are_refused(tiny_llama, tmp_path):
     config = train_config(tmp_path, tiny_llama, tmp_path / "run")
     data = write_records(tmp_path / "same.jsonl", 64, same=True)
     one_error_line(train_args(config, f"data.path={data}"), "all 64 records have the same positive")
+
+
+# ============================================================================================ adapt
+def adapt_args(backbone: Path, out: Path, data: Path) -> list[str]:
+    sets = [f"backbone={backbone}", f"data={data}", "steps=2", "batch_size=4", "max_length=16", "heldout=0"]
+    return ["adapt", "--output", str(out), "--no-progress", *(a for s in sets for a in ("--set", s))]
+
+
+@pytest.fixture
+def adapt_texts(tmp_path) -> Path:
+    path = tmp_path / "adapt.txt"
+    path.write_text("".join(f"the quick fox {i} jumps over the lazy dog\n" for i in range(24)))
+    return path
+
+
+def test_adapt_into_another_models_folder_is_refused(tiny_factory, tmp_path, adapt_texts):
+    other = tmp_path / "other-model"
+    import shutil
+
+    shutil.copytree(tiny_factory("llama", tie_word_embeddings=True), other)
+    (other / "README.md").write_text("my model")
+    before = tree(other)
+    backbone = tiny_factory("llama", tie_word_embeddings=True)
+    one_error_line(
+        adapt_args(backbone, other, adapt_texts), f"{other} already holds files poolattn adapt did not write"
+    )
+    assert tree(other) == before
+
+
+def test_adapt_into_the_backbones_own_folder_is_refused(tiny_factory, tmp_path, adapt_texts):
+    import shutil
+
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_factory("llama", tie_word_embeddings=True), backbone)
+    before = tree(backbone)
+    one_error_line(adapt_args(backbone, backbone, adapt_texts), f"{backbone} is the backbone's own folder")
+    assert tree(backbone) == before
