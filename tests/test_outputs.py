@@ -341,3 +341,30 @@ def test_adapt_into_the_backbones_own_folder_is_refused(tiny_factory, tmp_path, 
     before = tree(backbone)
     one_error_line(adapt_args(backbone, backbone, adapt_texts), f"{backbone} is the backbone's own folder")
     assert tree(backbone) == before
+
+
+# ============================================================================================ export
+def test_export_overwrite_removes_only_what_export_wrote(tiny_llama, tmp_path):
+    out = tmp_path / "st"
+    args = ["export", str(tiny_llama), "--output", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "extra").mkdir()
+    (out / "extra" / "plot.png").write_bytes(b"png")
+    one_error_line(args, "--overwrite replaces an earlier export")
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "extra" / "plot.png").read_bytes() == b"png"
+    assert (out / "modules.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_results_must_exist_and_be_json(tiny_llama, tmp_path):
+    missing = tmp_path / "nope"
+    args = ["export", str(tiny_llama), "--output", str(tmp_path / "st"), "--results"]
+    one_error_line([*args, str(missing)], f"{missing}: no such folder of evaluation results")
+    bad = tmp_path / "results"
+    bad.mkdir()
+    (bad / "STS.json").write_text('{"task": "STS",\n "main_score": }')
+    one_error_line([*args, str(bad)], f"{bad / 'STS.json'}, line 2, column 16: invalid JSON")
+    assert not (tmp_path / "st").exists()

@@ -484,10 +484,11 @@ def export_st(
 ) -> None:
     """Export a model as a self-contained sentence-transformers folder (weights, model card, no local paths):
     standard modules where the design allows, else a custom module whose code is in the folder."""
-    from .st_export import MODULE_FILE, check_target, export
+    from .st_export import MODULE_FILE, check_results, check_target, export
 
     try:
         check_target(output, overwrite)
+        check_results(results)
         m = open_model(model, attention=attention, pooling=pooling, trust_remote_code=trust_remote_code)
         export(m, output, instruction=instruction, results=results, overwrite=overwrite)
     except (ValueError, OSError) as err:
