@@ -368,3 +368,86 @@ def test_export_results_must_exist_and_be_json(tiny_llama, tmp_path):
     (bad / "STS.json").write_text('{"task": "STS",\n "main_score": }')
     one_error_line([*args, str(bad)], f"{bad / 'STS.json'}, line 2, column 16: invalid JSON")
     assert not (tmp_path / "st").exists()
+
+
+# ============================================================================================ experiment, eval
+def test_experiment_into_a_file_leaves_it_alone(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("mine")
+    one_error_line(["experiment", "--output", str(target)], f"{target} is a file, not a folder")
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("garbage", ["etc", "bad-json"])
+def test_experiment_with_an_unreadable_backbone_leaves_no_folder(tmp_path, garbage):
+    backbone = tmp_path / "backbone"
+    backbone.mkdir()
+    (backbone / ("README" if garbage == "etc" else "config.json")).write_text('{"model_type": garbage')
+    out = tmp_path / "study"
+    one_error_line(
+        ["experiment", "--output", str(out), "--set", f"model.backbone={backbone}"],
+        f"model.backbone = '{backbone}' is not a model folder transformers can read",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", [".", "..", ".superseded", "a/b"])
+def test_design_names_are_safe_path_components(tmp_path, name):
+    out = tmp_path / "study"
+    line = one_error_line(["experiment", "--output", str(out), "--set", f"designs.M1.name={name}"], "designs[")
+    assert "not starting with '.'" in line and repr(name) in line
+    assert not out.exists()
+
+
+def test_eval_into_a_file_or_someone_elses_folder_is_refused_before_scoring(tiny_llama, tmp_path, monkeypatch):
+    from test_cli_errors import forbid_model_load
+
+    forbid_model_load(monkeypatch)
+    target = tmp_path / "afile"
+    target.write_text("mine")
+    args = ["eval", str(tiny_llama), "--profile", "quick", "--tasks", "WordSim353STS", "--output"]
+    one_error_line([*args, str(target)], f"{target} is a file, not a folder")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    one_error_line([*args, str(folder)], f"{folder} already holds files poolattn eval did not write (notes.txt)")
+    assert target.read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_eval_tasks_naming_nothing_is_refused(tiny_llama, tmp_path):
+    one_error_line(["eval", str(tiny_llama), "--tasks", ",,,", "--output", str(tmp_path / "e")], "names no task")
+    assert not (tmp_path / "e").exists()
+
+
+# ============================================================================================ saved folders, cache
+def test_instruction_template_with_other_fields_is_refused():
+    from poolattn.model import EmbeddingConfig
+
+    for template in ("{0} {instruction} {text}", "{instruction} {text} {text}", "{instruction} {text"):
+        with pytest.raises(ValueError, match="instruction_template"):
+            EmbeddingConfig(backbone="x", instruction_template=template)
+    EmbeddingConfig(backbone="x", instruction_template="{{json}} {instruction}: {text}")
+
+
+def test_saved_attn_implementation_must_be_a_known_one(tiny_llama, tmp_path, texts, monkeypatch):
+    from poolattn import EmbeddingModel
+
+    folder = tmp_path / "saved"
+    EmbeddingModel.from_backbone(tiny_llama).save(folder)
+    config = json.loads((folder / "poolattn.json").read_text())
+    (folder / "poolattn.json").write_text(json.dumps({**config, "attn_implementation": "kernels-community/flash-attn"}))
+    from test_cli_errors import forbid_model_load
+
+    forbid_model_load(monkeypatch)
+    one_error_line(
+        ["encode", str(folder), "-i", str(texts), "-o", str(tmp_path / "v.npy")],
+        "attn_implementation = 'kernels-community/flash-attn' is none of eager, sdpa",
+        "--trust-remote-code",
+    )
+
+
+def test_cache_pointing_at_a_file_is_one_line(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("")
+    monkeypatch.setenv("POOLATTN_CACHE", str(cache))
+    one_error_line(["assets"], f"POOLATTN_CACHE={cache} is a file, not a folder")

@@ -292,6 +292,10 @@ def adapt(
     console.print(f"adapted backbone written to {output} (mask token {summary['mask_token']['text']!r})")
 
 
+#: What an earlier ``poolattn eval`` left in its folder: one JSON result per task.
+EVAL_RESULTS = ("*.json",)
+
+
 @app.command(
     name="eval",
     epilog=(
@@ -335,8 +339,11 @@ def evaluate(
     from .evaluate.offline import print_summary
     from .evaluate.run import check_request
     from .evaluate.tasks import ALL_TASKS
+    from .outputs import OutputError, claim, owned_run
 
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    if task_list == []:
+        fail(f"--tasks {tasks!r} names no task; give comma-separated task names, or leave --tasks out for all")
     check_precision(precision)
     if format not in ("poolattn", "sentence-transformers"):
         fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
@@ -344,7 +351,8 @@ def evaluate(
         fail("--batch-tokens takes a positive number of tokens, for poolattn models")
     try:
         check_request(suite, task_list, benchmark, profile)
-    except ValueError as err:
+        claim(output, "eval", recognise=EVAL_RESULTS, mark=False)
+    except (ValueError, OutputError) as err:
         fail(str(err))
     if format == "sentence-transformers":
         from . import assets
@@ -369,19 +377,23 @@ def evaluate(
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
         if batch_tokens is not None:
             encoder = Batched(encoder, batch_tokens)
-    results = evaluate_model(
-        encoder,
-        output,
-        suite=suite,
-        precision=precision,
-        device=device,
-        tasks=task_list,
-        benchmark=benchmark,
-        profile=profile,
-        model_id=model_id,
-        config_hash=config_hash,
-        instructions=None if instruction is None else {ALL_TASKS: instruction},
-    )
+    try:
+        with owned_run(output, "eval", recognise=EVAL_RESULTS):
+            results = evaluate_model(
+                encoder,
+                output,
+                suite=suite,
+                precision=precision,
+                device=device,
+                tasks=task_list,
+                benchmark=benchmark,
+                profile=profile,
+                model_id=model_id,
+                config_hash=config_hash,
+                instructions=None if instruction is None else {ALL_TASKS: instruction},
+            )
+    except OutputError as err:
+        fail(str(err))
     if suite == "offline":
         print_summary(results)
     console.print(f"results in {output}")
@@ -405,12 +417,13 @@ def experiment(
     """Run a controlled design study: train every design, evaluate, test significance, write the report."""
     from .backbone import BackboneError
     from .data import DataError
+    from .outputs import OutputError
     from .study import StudyError, run_experiment
     from .training import TrainingDiverged
 
     try:
         report = run_experiment(config, output, overrides=list(set_ or []))
-    except (StudyError, DataError, TrainingDiverged, BackboneError, FileNotFoundError) as err:
+    except (StudyError, DataError, TrainingDiverged, BackboneError, OutputError, FileNotFoundError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {report}")
 
@@ -444,12 +457,13 @@ def assets(
 
     from . import assets as asset_store
 
-    if fetch:
-        try:
+    try:
+        cache = asset_store.cache_dir()
+        if fetch:
             asset_store.fetch(list(names) if names else None)
-        except asset_store.AssetError as err:
-            fail(str(err))
-    table = Table(title=f"poolattn assets in {asset_store.cache_dir()}")
+    except asset_store.AssetError as err:
+        fail(str(err))
+    table = Table(title=f"poolattn assets in {cache}")
     for column in ("name", "kind", "requirement", "cached", "size", "description"):
         table.add_column(column)
     for row in asset_store.status():

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import string
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -38,6 +39,23 @@ POOLER_FILE = "pooler.safetensors"
 DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {text}"
 
 
+#: The attention implementations a saved folder may name (anything else needs ``trust_remote_code``).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "poolattn_sdpa")
+
+
+def check_template(template: str) -> None:
+    """Refuse an instruction template unless its only fields are ``{instruction}`` and ``{text}``, each once."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"instruction_template {template!r}: {err}") from None
+    if sorted(names) != ["instruction", "text"]:
+        raise ValueError(
+            f"instruction_template {template!r} must hold '{{instruction}}' and '{{text}}' once each and no other "
+            "field (write a literal brace as '{{' or '}}')"
+        )
+
+
 @dataclass
 class EmbeddingConfig:
     """Everything that defines an embedding model (saved as ``poolattn.json``)."""
@@ -53,8 +71,7 @@ class EmbeddingConfig:
     pool_instruction: bool = True
 
     def __post_init__(self) -> None:
-        if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
-            raise ValueError("instruction_template must contain '{instruction}' and '{text}'")
+        check_template(self.instruction_template)
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         resolve_dtype(self.dtype)
@@ -495,6 +512,12 @@ class EmbeddingModel(nn.Module):
         refuse_remote_code(str(folder), folder / "tokenizer", declared=declared, trusted=trust_remote_code)
         known = {f.name for f in fields(EmbeddingConfig)}
         saved = build_from(EmbeddingConfig, {k: v for k, v in raw.items() if k in known}, str(path))
+        if saved.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS) and not trust_remote_code:
+            raise ValueError(
+                f"{path}: attn_implementation = {saved.attn_implementation!r} is none of "
+                f"{', '.join(ATTN_IMPLEMENTATIONS)}; a kernel from the hub runs downloaded code: only with "
+                "--trust-remote-code"
+            )
         config = replace(saved, **(overrides | ({"dtype": dtype} if dtype else {})))  # checked like new values
         source = folder / "backbone" if storage == "weights" else config.backbone
         backbone = load_backbone(

@@ -10,7 +10,7 @@ Every command that writes follows one discipline:
   once, naming the holder's process id;
 * temporary files and folders carry their process id in their name (:func:`make_temp`), so the ones a killed run
   left are recognised and removed when the next run starts (:func:`remove_stale`);
-* names that become path components (designs, cells) are plain words (:func:`check_component`).
+* names that become path components (designs, cells) are plain words (:data:`COMPONENT`).
 """
 
 from __future__ import annotations
@@ -83,13 +83,6 @@ def check_folder_target(path: Path) -> None:
     kind = kind_of(Path(path))
     if kind not in (None, "folder"):
         raise OutputError(f"{path} is a {kind}, not a folder; choose a new folder")
-
-
-def check_component(name: str, what: str) -> str:
-    """``name`` if it is a safe single path component (no ``/``, not ``.``, ``..`` or hidden), else ``ValueError``."""
-    if not isinstance(name, str) or not COMPONENT.fullmatch(name):
-        raise ValueError(f"{what} must be a word of letters, digits, _ . + - not starting with '.' (got {name!r})")
-    return name
 
 
 # ============================================================================================ temporaries
@@ -202,8 +195,8 @@ def claim(folder: Path, command: str, *, recognise: Sequence[str] = (), mark: bo
     """Make ``folder`` the output of ``command`` (``train``, ``adapt``...), or refuse with an :class:`OutputError`.
 
     Accepted: a missing or empty folder (created, marked), one marked by ``command``, and one holding any of
-    ``recognise`` (the files an earlier version of ``command`` wrote; it is marked now). ``mark=False`` only
-    checks, creating and writing nothing."""
+    ``recognise`` (glob patterns of the files an earlier version of ``command`` wrote; it is marked now).
+    ``mark=False`` only checks, creating and writing nothing."""
     folder = Path(folder)
     check_folder_target(folder)
     marker = read_marker(folder)
@@ -215,7 +208,7 @@ def claim(folder: Path, command: str, *, recognise: Sequence[str] = (), mark: bo
         )
     if folder.is_dir():
         entries = user_entries(folder)
-        if entries and not any((folder / name).exists() for name in recognise):
+        if entries and not any(next(folder.glob(pattern), None) for pattern in recognise):
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(
                 f"{folder} already holds files poolattn {command} did not write ({shown}); choose a new folder"
