@@ -111,10 +111,10 @@ def test_encode_bad_input_names_file_and_line(tiny_llama, tmp_path, content, nam
     path.write_bytes(content)
     out = tmp_path / "v.npy"
     out.write_bytes(b"keep me")
-    result = runner.invoke(app, ["encode", str(tiny_llama), "-i", str(path), "-o", str(out)])
+    result = runner.invoke(app, ["encode", str(tiny_llama), "-i", str(path), "-o", str(out), "--overwrite"])
     assert result.exit_code == 2
     assert str(path) in flat(result.output) and message in flat(result.output)
-    assert out.read_bytes() == b"keep me"  # nothing already written is touched
+    assert out.read_bytes() == b"keep me"  # nothing already written is touched, even with --overwrite
 
 
 def test_encode_unknown_pooling_and_missing_model(tiny_llama, tmp_path):

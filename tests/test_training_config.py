@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import get_args, get_type_hints
 
 import pytest
@@ -199,5 +200,5 @@ def test_values_in_range_are_accepted(case):
     ],
 )
 def test_values_that_would_train_the_wrong_way_are_refused_before_training(override, message):
-    with pytest.raises(ConfigError, match=f"^defaults: {message}$"):
+    with pytest.raises(ConfigError, match=f"^--set '{re.escape(override)}': {message}$"):
         load_train_config(None, [override])

@@ -196,7 +196,10 @@ ASSETS: dict[str, Asset] = {
 def cache_dir() -> Path:
     """``$POOLATTN_CACHE``, else ``$XDG_CACHE_HOME/poolattn``, else ``~/.cache/poolattn``."""
     if env := os.environ.get("POOLATTN_CACHE"):
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if path.exists() and not path.is_dir():
+            raise AssetError(f"POOLATTN_CACHE={env} is a file, not a folder; point it at a folder (or unset it)")
+        return path
     if xdg := os.environ.get("XDG_CACHE_HOME"):
         return Path(xdg).expanduser() / "poolattn"
     return Path.home() / ".cache" / "poolattn"

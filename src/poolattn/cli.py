@@ -175,19 +175,27 @@ def encode(
     format: Annotated[
         str | None, typer.Option(help="npy | jsonl | parquet (default: from the --output suffix)")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing --output file that is not an embeddings file")
+    ] = False,
 ) -> None:
     """Embed texts (L2-normalised float32, one row per input line) into an .npy, .jsonl or .parquet file."""
-    from .textio import InputError, check_output, output_format, read_texts, write_embeddings
+    from .outputs import OutputError, check_free_space, write_error
+    from .textio import InputError, check_output, output_bytes, output_format, read_texts, write_embeddings
 
     check_precision(precision)
+    if batch_tokens is not None and batch_tokens < 1:
+        fail(f"--batch-tokens takes a positive number of tokens, got {batch_tokens}")
     try:
-        check_output(output)
+        check_output(output, overwrite)
         kind = output_format(output, format)
         texts = read_texts(input, field)
     except InputError as err:
         fail(str(err))
     if not texts:
         fail(f"{input}: no texts to encode")
+    if blank := sum(1 for text in texts if not text.strip()):
+        console.print(f"[yellow]note:[/] {blank} of {len(texts)} texts are blank; they all get the same vector")
     try:
         m = open_model(
             model,
@@ -202,9 +210,18 @@ def encode(
         fail(str(err))
     from .backbone import autocast_precision
 
+    try:
+        check_free_space(output.parent, output_bytes(kind, len(texts), m.dim, texts), str(output))
+    except OutputError as err:
+        fail(str(err))
     with autocast_precision(precision, m.device):
         vecs = m.encode(texts, instruction=instruction, batch_tokens=batch_tokens, show_progress=True)
-    write_embeddings(output, vecs, texts, kind)
+    try:
+        write_embeddings(output, vecs, texts, kind)
+    except OutputError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(write_error(err, output))
     console.print(f"wrote {vecs.shape[0]} x {vecs.shape[1]} embeddings to {output} ({kind})")
 
 
@@ -275,6 +292,10 @@ def adapt(
     console.print(f"adapted backbone written to {output} (mask token {summary['mask_token']['text']!r})")
 
 
+#: What an earlier ``poolattn eval`` left in its folder: one JSON result per task.
+EVAL_RESULTS = ("*.json",)
+
+
 @app.command(
     name="eval",
     epilog=(
@@ -318,8 +339,11 @@ def evaluate(
     from .evaluate.offline import print_summary
     from .evaluate.run import check_request
     from .evaluate.tasks import ALL_TASKS
+    from .outputs import OutputError, claim, owned_run
 
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    if task_list == []:
+        fail(f"--tasks {tasks!r} names no task; give comma-separated task names, or leave --tasks out for all")
     check_precision(precision)
     if format not in ("poolattn", "sentence-transformers"):
         fail(f"unknown --format {format!r}; choose poolattn or sentence-transformers")
@@ -327,6 +351,7 @@ def evaluate(
         fail("--batch-tokens takes a positive number of tokens, for poolattn models")
     try:
         check_request(suite, task_list, benchmark, profile)
+        claim(output, "eval", recognise=EVAL_RESULTS, mark=False)  # an OutputError is a ValueError
     except ValueError as err:
         fail(str(err))
     if format == "sentence-transformers":
@@ -352,19 +377,23 @@ def evaluate(
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
         if batch_tokens is not None:
             encoder = Batched(encoder, batch_tokens)
-    results = evaluate_model(
-        encoder,
-        output,
-        suite=suite,
-        precision=precision,
-        device=device,
-        tasks=task_list,
-        benchmark=benchmark,
-        profile=profile,
-        model_id=model_id,
-        config_hash=config_hash,
-        instructions=None if instruction is None else {ALL_TASKS: instruction},
-    )
+    try:
+        with owned_run(output, "eval", recognise=EVAL_RESULTS):
+            results = evaluate_model(
+                encoder,
+                output,
+                suite=suite,
+                precision=precision,
+                device=device,
+                tasks=task_list,
+                benchmark=benchmark,
+                profile=profile,
+                model_id=model_id,
+                config_hash=config_hash,
+                instructions=None if instruction is None else {ALL_TASKS: instruction},
+            )
+    except OutputError as err:
+        fail(str(err))
     if suite == "offline":
         print_summary(results)
     console.print(f"results in {output}")
@@ -388,12 +417,13 @@ def experiment(
     """Run a controlled design study: train every design, evaluate, test significance, write the report."""
     from .backbone import BackboneError
     from .data import DataError
+    from .outputs import OutputError
     from .study import StudyError, run_experiment
     from .training import TrainingDiverged
 
     try:
         report = run_experiment(config, output, overrides=list(set_ or []))
-    except (StudyError, DataError, TrainingDiverged, BackboneError, FileNotFoundError) as err:
+    except (StudyError, DataError, TrainingDiverged, BackboneError, OutputError, FileNotFoundError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {report}")
 
@@ -445,12 +475,13 @@ def assets(
 
     from . import assets as asset_store
 
-    if fetch:
-        try:
+    try:
+        cache = asset_store.cache_dir()
+        if fetch:
             asset_store.fetch(list(names) if names else None)
-        except asset_store.AssetError as err:
-            fail(str(err))
-    table = Table(title=f"poolattn assets in {asset_store.cache_dir()}")
+    except asset_store.AssetError as err:
+        fail(str(err))
+    table = Table(title=f"poolattn assets in {cache}")
     for column in ("name", "kind", "requirement", "cached", "size", "description"):
         table.add_column(column)
     for row in asset_store.status():
@@ -485,10 +516,11 @@ def export_st(
 ) -> None:
     """Export a model as a self-contained sentence-transformers folder (weights, model card, no local paths):
     standard modules where the design allows, else a custom module whose code is in the folder."""
-    from .st_export import MODULE_FILE, check_target, export
+    from .st_export import MODULE_FILE, check_results, check_target, export
 
     try:
         check_target(output, overwrite)
+        check_results(results)
         m = open_model(model, attention=attention, pooling=pooling, trust_remote_code=trust_remote_code)
         export(m, output, instruction=instruction, results=results, overwrite=overwrite)
     except (ValueError, OSError) as err:

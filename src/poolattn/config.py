@@ -40,6 +40,8 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid TOML: tables or arrays nested too deeply") from None
 
 
 def to_toml(tree: dict[str, Any]) -> str:
@@ -61,6 +63,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:40]!r}...: nested too deeply") from None
 
 
 def split_override(item: str) -> tuple[str, Any]:
@@ -93,13 +97,37 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any, *, named_lists: Seque
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key!r}: {part!r} is a value, not a table", key)
-    node[parts[-1]] = value
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        merge_into(node[parts[-1]], value)  # an inline table changes the keys it names, not the whole table
+    else:
+        node[parts[-1]] = value
     return shown
 
 
-def apply_overrides(tree: dict[str, Any], overrides: Sequence[str], *, named_lists: Sequence[str] = ()) -> set[str]:
-    """Apply every ``KEY=VALUE``; returns the keys set, as errors name them."""
-    return {set_dotted(tree, *split_override(item), named_lists=named_lists) for item in overrides}
+def merge_into(table: dict[str, Any], update: dict[str, Any]) -> None:
+    """Set every key of ``update`` in ``table``, merging nested tables."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(table.get(key), dict):
+            merge_into(table[key], value)
+        else:
+            table[key] = value
+
+
+def apply_overrides(
+    tree: dict[str, Any], overrides: Sequence[str], *, named_lists: Sequence[str] = ()
+) -> dict[str, str]:
+    """Apply every ``KEY=VALUE``; returns the keys set, as errors name them, each with its ``KEY=VALUE``."""
+    return {set_dotted(tree, *split_override(item), named_lists=named_lists): item for item in overrides}
+
+
+def override_source(key: str | None, applied: dict[str, str]) -> str | None:
+    """``--set 'KEY=VALUE'`` for the override that set ``key`` (or the table holding it), else ``None``."""
+    if key is None:
+        return None
+    for shown, item in applied.items():
+        if key == shown or key.startswith(f"{shown}."):
+            return f"--set {item!r}"
+    return None
 
 
 def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:

@@ -176,12 +176,13 @@ def read_delimited(path: Path, delimiter: str) -> Iterator[RawRow]:
         line = data[: err.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {data[err.start]:#04x})") from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
+    rows = checked_rows(reader, path)
+    header = next(rows, None)
     if header is None:
         raise DataError(f"{path}, line 1: empty file (expected a header row)")
     header = [h.strip() for h in header]
     line = reader.line_num + 1
-    for cells in reader:
+    for cells in rows:
         where = f"{path}, line {line}"
         line = reader.line_num + 1
         if not any(c.strip() for c in cells):
@@ -193,6 +194,22 @@ def read_delimited(path: Path, delimiter: str) -> Iterator[RawRow]:
             yield RawRow(where, tabular_fields(dict(zip(header, cells, strict=True))))
         except json.JSONDecodeError:
             yield RawRow(where, {}, ("negatives", "expected a JSON list of texts"))
+
+
+def checked_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader``; a malformed row (a cell over the size limit, a stray quote) is a
+    :class:`DataError` naming the file and line."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if "field limit" in str(err):
+                limit = csv.field_size_limit()
+                raise DataError(f"{path}, line {line}: a cell longer than {limit} characters") from None
+            raise DataError(f"{path}, line {line}: malformed row ({err})") from None
 
 
 def tabular_fields(cells: dict[str, str]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -39,12 +38,19 @@ SCORE_PACKAGES = ("poolattn", "torch", "transformers", "mteb", "numpy", "scikit-
 
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> None:
-    """Call ``write(handle)`` on a unique temporary file beside ``path``, then rename it into place (0644)."""
+    """Call ``write(handle)`` on a unique temporary file beside ``path``, then rename it into place (0644).
+
+    Only a new path or a regular file is written (:func:`~poolattn.outputs.check_file_target`); temporaries of
+    ``path`` that a killed process left are removed first."""
+    from .outputs import check_file_target, make_temp, remove_stale
+
     path = Path(path)
+    check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale(path.parent, locked=False, names=[path.name])
+    tmp = make_temp(path)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             write(handle)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(tmp, path)

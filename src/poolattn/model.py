@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import string
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -28,6 +28,7 @@ from .config import build_from
 from .dropout import speed_up_dropout
 from .fingerprints import ModuleFingerprint
 from .io import load_json_object
+from .outputs import check_folder_target, make_temp
 from .pooling import PoolInput, build_pooler, last_token, masked_mean
 from .threads import apply_budget
 from .workers import balance_tail, default_workers, map_in_threads
@@ -37,6 +38,23 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "poolattn.json"
 POOLER_FILE = "pooler.safetensors"
 DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {text}"
+
+
+#: The attention implementations a saved folder may name (anything else needs ``trust_remote_code``).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "poolattn_sdpa")
+
+
+def check_template(template: str) -> None:
+    """Refuse an instruction template unless its only fields are ``{instruction}`` and ``{text}``, each once."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"instruction_template {template!r}: {err}") from None
+    if sorted(names) != ["instruction", "text"]:
+        raise ValueError(
+            f"instruction_template {template!r} must hold '{{instruction}}' and '{{text}}' once each and no other "
+            "field (write a literal brace as '{{' or '}}')"
+        )
 
 
 @dataclass
@@ -58,8 +76,7 @@ class EmbeddingConfig:
     def __post_init__(self) -> None:
         if self.num_layers is not None and (isinstance(self.num_layers, bool) or self.num_layers < 1):
             raise ValueError(f"num_layers must be a positive number of decoder layers, got {self.num_layers!r}")
-        if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
-            raise ValueError("instruction_template must contain '{instruction}' and '{text}'")
+        check_template(self.instruction_template)
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         resolve_dtype(self.dtype)
@@ -457,7 +474,7 @@ class EmbeddingModel(nn.Module):
         """
         target = Path(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = make_temp(target, folder=True)
         try:
             config = asdict(self.config)
             full = backbone_weights if backbone_weights is not None else self._backbone_changed()
@@ -507,6 +524,12 @@ class EmbeddingModel(nn.Module):
         refuse_remote_code(str(folder), folder / "tokenizer", declared=declared, trusted=trust_remote_code)
         known = {f.name for f in fields(EmbeddingConfig)}
         saved = build_from(EmbeddingConfig, {k: v for k, v in raw.items() if k in known}, str(path))
+        if saved.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS) and not trust_remote_code:
+            raise ValueError(
+                f"{path}: attn_implementation = {saved.attn_implementation!r} is none of "
+                f"{', '.join(ATTN_IMPLEMENTATIONS)}; a kernel from the hub runs downloaded code: only with "
+                "--trust-remote-code"
+            )
         config = replace(saved, **(overrides | ({"dtype": dtype} if dtype else {})))  # checked like new values
         source = folder / "backbone" if storage == "weights" else config.backbone
         backbone = load_backbone(
@@ -647,9 +670,11 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int)
 
 
 def replace_dir(src: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing target is swapped out only after the new one is complete."""
+    """Move a finished folder into place; an existing target is swapped out only after the new one is complete
+    (a target that is not a folder, a symlink included, is refused)."""
+    check_folder_target(target)
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))  # unique to this run
+        old = make_temp(target, folder=True)  # unique to this run
         os.replace(target, old)
         os.replace(src, target)
         shutil.rmtree(old, ignore_errors=True)

@@ -21,12 +21,13 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from . import modelinfo, st_module
 from ._version import __version__
+from .io import load_json_object
+from .outputs import install, kind_of, make_temp, read_marker, user_entries
 
 #: The custom module's file name inside an exported folder (its ``modules.json`` type is ``poolattn_module.*``).
 MODULE_FILE = "poolattn_module.py"
@@ -73,24 +74,24 @@ def export(
 
     ``instruction``: the query instruction ``encode_query`` applies (default: the one it was trained with, else
     :data:`DEFAULT_QUERY_INSTRUCTION`). ``results``: a folder of per-task results for the model card (default:
-    those a study stored beside the model). ``folder`` must be new or empty unless ``overwrite`` (then only an
-    earlier export is replaced). A LoRA adapter is merged into the model's backbone (its vectors stay the same).
-    The folder is written beside its target and renamed into place.
+    those a study stored beside the model). ``folder`` must be new or empty unless ``overwrite`` (then only the
+    files an earlier export wrote are replaced or removed; anything else in the folder stays). A LoRA adapter is
+    merged into the model's backbone (its vectors stay the same). The export is written beside its target and
+    moved into place.
     """
     from transformers.utils import logging as hf_logging
-
-    from .model import replace_dir
 
     hf_logging.disable_progress_bar()  # no bar for writing one shard
     target = Path(folder)
     check_target(target, overwrite)
+    check_results(results)
     source = getattr(model, "folder", None)
     trained = modelinfo.training(source)
     instruction = instruction or (trained or {}).get("instruction") or DEFAULT_QUERY_INSTRUCTION
     prompt = query_prompt(model, instruction)
     model.merge_adapter()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temp(target, folder=True)
     try:
         model.backbone.save_pretrained(tmp)
         pooling = standard_pooling(model)
@@ -110,7 +111,7 @@ def export(
         write_text(tmp / "README.md", model_card(model, target.name, pooling, instruction, prompt, trained, scores))
         local = [model.config.backbone, str(source or ""), str(tmp.resolve()), str(target.resolve())]
         make_portable(tmp, [*local, *(str(Path(p).resolve()) for p in local if p)])
-        replace_dir(tmp, target)
+        install(tmp, target, "export")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -118,14 +119,37 @@ def export(
 
 
 def check_target(target: Path, overwrite: bool) -> None:
-    """Refuse to write over anything but an empty folder, or an earlier export with ``overwrite``."""
-    if not target.exists():
+    """Refuse to write anywhere but a new or empty folder, or (``overwrite``) a folder an earlier export marked."""
+    kind = kind_of(target)
+    if kind is None:
         return
-    if not target.is_dir():
-        raise ExportError(f"{target} is a file; choose a folder to export into")
-    if any(target.iterdir()) and not (overwrite and (target / "modules.json").is_file()):
-        hint = " (--overwrite replaces an earlier export)" if (target / "modules.json").is_file() else ""
-        raise ExportError(f"{target} already exists and is not empty; choose a new folder{hint}")
+    if kind != "folder":
+        raise ExportError(f"{target} is a {kind}; choose a folder to export into")
+    if not user_entries(target):
+        return
+    earlier = (read_marker(target) or {}).get("command") == "export"
+    if earlier and overwrite:
+        return
+    if earlier:
+        hint = " (--overwrite replaces an earlier export)"
+    elif (target / "modules.json").is_file():
+        hint = " (it holds an export with no record of the files it wrote: remove it yourself to replace it)"
+    else:
+        hint = ""
+    raise ExportError(f"{target} already exists and is not empty; choose a new folder{hint}")
+
+
+def check_results(results: str | os.PathLike[str] | None) -> None:
+    """Refuse a ``results`` folder that is missing, holds a damaged JSON file, or no evaluation result."""
+    if results is None:
+        return
+    folder = Path(results)
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: no such folder of evaluation results (--results)")
+    for path in sorted(folder.glob("*.json")):
+        load_json_object(path)  # a ValueError naming the file, line and column
+    if not modelinfo.stored_scores(None, folder):
+        raise ExportError(f"{folder}: no evaluation result (a JSON file with 'task' and 'main_score') to report")
 
 
 def write_standard(model: Any, folder: Path, pooling: str) -> bool:

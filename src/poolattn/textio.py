@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from .io import write_atomic
+from .outputs import OutputError, check_file_target
 
 #: Output formats by file suffix.
 FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -74,11 +75,18 @@ def output_format(path: Path, format: str | None = None) -> str:
     raise InputError(f"{path}: {suffix}; name the file .npy, .jsonl or .parquet, or pass --format")
 
 
-def check_output(path: Path) -> None:
-    """Refuse, before anything is encoded, an output that cannot be written: an existing folder, a path below a
+def check_output(path: Path, overwrite: bool = False) -> None:
+    """Refuse, before anything is encoded, an output that cannot be written or must not be: an existing folder, a
+    FIFO, device or symlink, a file that is not an earlier embeddings file (unless ``overwrite``), a path below a
     file, or a folder where no file can be created."""
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise InputError(f"{path} is a folder; give a file name, e.g. {path / 'embeddings.npy'}")
+    try:
+        check_file_target(path)
+    except OutputError as err:
+        raise InputError(str(err)) from None
+    if path.is_file() and not overwrite and not is_embeddings_file(path):
+        raise InputError(f"{path} exists and is not an embeddings file poolattn wrote; pass --overwrite to replace it")
     existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise InputError(f"{path}: {existing} is a file, not a folder")
@@ -88,6 +96,36 @@ def check_output(path: Path) -> None:
         raise InputError(f"{path}: cannot write in {existing} ({err.strerror or err})") from None
     os.close(handle)
     os.unlink(probe)
+
+
+def is_embeddings_file(path: Path) -> bool:
+    """Whether ``path`` holds what :func:`write_embeddings` writes: a 2-D float32 .npy array, JSON lines with
+    ``text`` and ``embedding``, or a Parquet table of those two columns."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if head.startswith(b"\x93NUMPY"):
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                return array.ndim == 2 and array.dtype == np.float32
+            if head.startswith(b"PAR1"):
+                import pyarrow.parquet as pq
+
+                return pq.read_schema(path).names == ["text", "embedding"]
+            handle.seek(0)
+            first = json.loads(handle.readline(1 << 26) or b"null")
+        return isinstance(first, dict) and set(first) == {"text", "embedding"}
+    except (OSError, ValueError, ImportError):
+        return False
+
+
+def output_bytes(format: str, rows: int, dim: int, texts: Sequence[str]) -> int:
+    """About the size of an embeddings file (a lower bound for JSON lines, whose numbers vary in length)."""
+    text_bytes = sum(len(t) for t in texts)
+    if format == "npy":
+        return 128 + rows * dim * 4
+    if format == "jsonl":
+        return text_bytes + rows * (dim * 10 + 30)
+    return text_bytes + rows * dim * 4
 
 
 def write_embeddings(path: Path, vectors: np.ndarray, texts: Sequence[str], format: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -24,6 +23,7 @@ from ..backbone import PRECISIONS, resolve_precision
 from ..config import ConfigError, KeyLocator, apply_overrides, build_dataclass, parse_toml, read_toml
 from ..evaluate import SUITES
 from ..evaluate import tasks as task_registry
+from ..outputs import COMPONENT
 from ..pooling import POOLERS
 from ..training import DataSection, LoraSection, ModelSection, OutputSection, RecipeSection, TrainConfig
 from ..training.adapt_config import AdaptConfig
@@ -364,8 +364,10 @@ class ConfigReader:
             if not isinstance(entry, dict):
                 raise self.fail(label, f"expected a table, got {entry!r}")
             name = entry.get("name")
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
-                raise self.fail(f"{label}.name", f"must be a word of letters, digits, _ . + - (got {name!r})")
+            if not isinstance(name, str) or not COMPONENT.fullmatch(name):
+                raise self.fail(
+                    f"{label}.name", f"must be a word of letters, digits, _ . + - not starting with '.' (got {name!r})"
+                )
             line = self.locate.design(name)
             if name in {d.name for d in designs}:
                 raise self.fail(f"designs[{name}].name", "duplicate design name", line)

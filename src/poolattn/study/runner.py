@@ -49,6 +49,7 @@ from ..evaluate.offline import select_tasks
 from ..io import environment, move_aside, now, read_json, write_json_atomic
 from ..machine import summary_line
 from ..model import EmbeddingModel
+from ..outputs import owned_run
 from ..pooling import build_pooler
 from ..stats import linear_cka
 from ..training import TrainConfig
@@ -503,12 +504,27 @@ def run_experiment(
     """Run (or resume) the study of ``config_path`` (``None``: the embedded default) into ``output_dir`` and
     render its report; returns the path of ``report.md``."""
     study = load_study(config_path, overrides)
-    check_source(resolve_backbone(study.model.backbone))  # a missing backbone fails before the folder is made
+    backbone = resolve_backbone(study.model.backbone)
+    check_source(backbone)  # a missing backbone fails before the folder is made
+    check_model_folder(backbone)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _quiet_logs():
+    with owned_run(out, "experiment", recognise=(STUDY_FILE, "cells")), _quiet_logs():
         runner = StudyRunner(study, out, progress=progress)
         runner.run()
-    if not runner.procs.is_main:
-        return out / "report.md"
-    return render_report(out)
+        if not runner.procs.is_main:
+            return out / "report.md"
+        return render_report(out)
+
+
+def check_model_folder(backbone: str) -> None:
+    """Refuse, before anything is written, a local backbone folder whose config transformers cannot read."""
+    if not Path(backbone).is_dir():
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(backbone)
+    except (ValueError, OSError) as err:
+        reason = " ".join(str(err).split()).split(". ")[0]
+        message = f"model.backbone = {backbone!r} is not a model folder transformers can read: {reason}"
+        raise StudyError(message) from None

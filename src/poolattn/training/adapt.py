@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..backbone import ADAPTER_CONFIG, autocast_precision, resolve_precision
 from ..data import DataOrder, TrainRecord
 from ..io import now, read_json, write_json_atomic
 from ..model import EmbeddingModel, replace_dir
+from ..outputs import make_temp, owned_run
 from ..threads import apply_budget
 from .adapt_config import ADAPT_CONFIG_FILE, ADAPT_LOG, ADAPT_SUMMARY, AdaptConfig, AdaptTexts, adapt_texts
 from .adapt_config import write_adapt_config as write_config
@@ -250,7 +250,7 @@ def point_adapter_at(folder: Path, base: str) -> None:
 
 def write_into(out: Path, save: Any) -> None:
     """Write a model with ``save(folder)`` into a temporary folder, then move its files into ``out``."""
-    tmp = Path(tempfile.mkdtemp(prefix=".adapted.", dir=out))
+    tmp = make_temp(out / "adapted", folder=True)
     try:
         save(tmp)
         stale = {ADAPTER_CONFIG, "adapter_model.safetensors", "config.json", "model.safetensors"}
@@ -266,7 +266,7 @@ def write_into(out: Path, save: Any) -> None:
 def simcse_start(out: Path, dropout: float) -> Path:
     """The MNTP-adapted weights with attention dropout on (linked, not copied): SimCSE's noise, as in LLM2Vec."""
     source, start = out / MNTP_DIR, out / SIMCSE_START_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SIMCSE_START_DIR}.", dir=out))
+    tmp = make_temp(start, folder=True)
     for item in source.iterdir():
         if item.name != "config.json":
             (tmp / item.name).symlink_to(Path("..", MNTP_DIR, item.name))
@@ -336,7 +336,7 @@ def run_simcse(config: AdaptConfig, texts: AdaptTexts, out: Path, run: MNTPRun, 
 
 def write_temp(out: Path, save: Any) -> Path:
     """A temporary folder in ``out`` holding what ``save(folder)`` writes (removed if that fails)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".stage.", dir=out))
+    tmp = make_temp(out / "stage", folder=True)
     try:
         save(tmp)
     except BaseException:
@@ -349,15 +349,24 @@ def write_temp(out: Path, save: Any) -> Path:
 def adapt(config: AdaptConfig, output: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
     """Adapt ``config.backbone`` into ``output`` (MNTP, then SimCSE when ``simcse_steps``); returns the summary.
 
-    A finished folder of the same config is reused; a different config's is refused. A rerun resumes from the
-    latest checkpoint. Raises :class:`TrainingDiverged` on a NaN/inf loss."""
+    A finished folder of the same config is reused; a different config's is refused, and so is a folder adapt did
+    not write (the backbone's own above all); one run at a time per folder. A rerun resumes from the latest
+    checkpoint. Raises :class:`TrainingDiverged` on a NaN/inf loss."""
     out = Path(output)
+    source = Path(resolve_backbone(config.backbone))
+    if source.exists() and out.exists() and source.resolve() == out.resolve():
+        raise ConfigError(f"{out} is the backbone's own folder; write the adapted backbone into a new folder")
+    with owned_run(out, "adapt", recognise=(ADAPT_CONFIG_FILE, ADAPT_SUMMARY)):
+        return adapt_into(config, out, progress)
+
+
+def adapt_into(config: AdaptConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """:func:`adapt`'s work, in a folder it holds."""
     summary = read_json(out / ADAPT_SUMMARY)
     if summary is not None:
         if summary.get("config_hash") == config.hash():
             return summary
         raise ConfigError(f"{out} holds an adaptation with a different config; use another output folder")
-    out.mkdir(parents=True, exist_ok=True)
     write_config(config, out / ADAPT_CONFIG_FILE)
     texts = adapt_texts(config)
     run = MNTPRun(config, texts, out, progress)

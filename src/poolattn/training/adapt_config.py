@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..backbone import PRECISIONS
-from ..config import ConfigError, apply_overrides, build_dataclass, read_toml, to_toml
+from ..config import ConfigError, apply_overrides, build_dataclass, override_source, read_toml, to_toml
 from ..data import DataError, movie_dialog_pairs, read_records
 from ..io import write_text_atomic
 from .config import LoraSection
@@ -155,11 +155,12 @@ def load_adapt_config(path: str | os.PathLike[str] | None = None, overrides: Seq
     if path is not None:
         source = str(path)
         raw, _ = read_toml(path, "adapt config")
+    overridden: dict[str, str] = {}
     try:
         overridden = apply_overrides(raw, overrides)
         return build_dataclass(AdaptConfig, raw)
     except ConfigError as err:
-        where = f"{source} (value set by --set)" if err.key in overridden else source
+        where = override_source(err.key, overridden) or source
         raise ConfigError(f"{where}: {err}", key=err.key) from None
 
 

@@ -27,6 +27,7 @@ from ..config import (
     Range,
     apply_overrides,
     build_dataclass,
+    override_source,
     read_toml,
     to_toml,
 )
@@ -284,6 +285,10 @@ RANGES: dict[str, Range] = {
 }
 
 
+#: The longest ``data.instruction``, in characters (it is prepended to every query).
+MAX_INSTRUCTION = 4096
+
+
 def check_config(config: TrainConfig) -> None:
     """Reject values no run could use, naming the key (also in the error's ``key``): every numeric key against
     :data:`RANGES`, then the choices and combinations."""
@@ -291,6 +296,13 @@ def check_config(config: TrainConfig) -> None:
     for key, allowed in RANGES.items():
         section, name = key.split(".")
         allowed.check(key, getattr(getattr(config, section), name))
+    if not config.output.dir.strip():
+        raise ConfigError("output.dir is empty; name the run's folder (e.g. runs/train)", key="output.dir")
+    if config.data.instruction is not None and len(config.data.instruction) > MAX_INSTRUCTION:
+        raise ConfigError(
+            f"data.instruction is {len(config.data.instruction)} characters; at most {MAX_INSTRUCTION}",
+            key="data.instruction",
+        )
     if recipe.steps is not None and recipe.epochs is not None:
         raise ConfigError("give recipe.steps or recipe.epochs, not both", key="recipe.steps")
     choices = {
@@ -314,11 +326,11 @@ def load_train_config(path: str | os.PathLike[str] | None = None, overrides: Seq
     if path is not None:
         source = str(path)
         raw, _ = read_toml(path)
-    apply_overrides(raw, overrides)
+    applied = apply_overrides(raw, overrides)
     try:
         return build_dataclass(TrainConfig, raw)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}", key=err.key) from None
+        raise ConfigError(f"{override_source(err.key, applied) or source}: {err}", key=err.key) from None
 
 
 def write_config(config: TrainConfig, path: Path) -> None:

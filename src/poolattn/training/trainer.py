@@ -22,14 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_scheduler
 
 from ..assets import resolve_backbone
-from ..data import DataOrder, ReadResult, TrainRecord
-from ..io import read_json, write_json_atomic, write_text_atomic
+from ..data import DataError, DataOrder, ReadResult, TrainRecord
+from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..model import EmbeddingModel
+from ..outputs import OutputError, check_free_space, owned_run, save_failure
 from ..threads import apply_budget
 from .checkpoints import checkpoints, rng_state, set_rng_state
 from .config import (
@@ -193,6 +195,7 @@ class Trainer:
         set_seed(self.recipe.seed)
         data = ReadResult(list(records), [], "records") if records is not None else read_training_data(config)
         self.records, self.heldout_records = split_heldout(data.records, config.data.heldout)
+        check_learnable(self.records, data.source)
         self.skipped = len(data.skipped)
         self.heldout: dict[str, Any] = {}
         self.order = DataOrder(len(self.records), self.recipe.batch_size, config.order_seed)
@@ -230,10 +233,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
+        """Train (or resume, or return the finished result) holding the output folder's lock."""
+        recognise = (CONFIG_FILE, SUMMARY_FILE, LOG_FILE, CHECKPOINT_DIR)
+        with owned_run(self.out, "train", recognise=recognise) if self.dist.is_main else nullcontext():
+            return self.train_all()
+
+    def train_all(self) -> TrainResult:
         if (finished := self.finished_result()) is not None:  # a rerun of a finished run rewrites nothing
             return finished
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.check_space()
             write_config(self.config, self.out / CONFIG_FILE)
         self.dist.barrier()  # the folder exists before any process looks in it
         self.resume()
@@ -268,7 +277,7 @@ class Trainer:
                 display.update(record)
                 every = self.config.output.checkpoint_every
                 # every `checkpoint_every` steps and after the last (a finished run resumes there, then saves)
-                if every and (self.step % every == 0 or self.step == self.total_steps):
+                if (every and self.step % every == 0) or self.step == self.total_steps:
                     self.save_checkpoint()
         if writer is not None:
             writer.close()
@@ -292,14 +301,29 @@ class Trainer:
         return result
 
     def finished_result(self) -> TrainResult | None:
-        """The stored result of this run (same config, data and steps) when it finished earlier and resuming is on."""
+        """The stored result of this run (same config, data and steps) when it finished earlier and resuming is on.
+
+        A finished run of another config, data or length is refused (resuming), or moved aside into
+        ``superseded/`` (``output.resume = false``): a trained model is never replaced unseen."""
+        if not self.config.output.resume:
+            if self.dist.is_main:
+                self.supersede()
+            self.dist.barrier()
+            return None
         summary = read_json(self.out / SUMMARY_FILE)
         model_dir = self.out / MODEL_DIR
-        if not (self.config.output.resume and summary and (model_dir / SUMMARY_FILE).is_file()):
+        if not (summary and (model_dir / SUMMARY_FILE).is_file()):
             return None  # the model folder's summary is written last
-        same = (summary.get("config_hash"), summary.get("data_fingerprint"), summary.get("steps"))
-        if same != (self.config.hash(), self.fingerprint, self.total_steps):
-            return None
+        stored = {
+            "config": (summary.get("config_hash"), self.config.hash()),
+            "training data": (summary.get("data_fingerprint"), self.fingerprint),
+            "number of steps": (summary.get("steps"), self.total_steps),
+        }
+        if changed := [what for what, (saved, now) in stored.items() if saved != now]:
+            raise ConfigError(
+                f"{self.out} holds a finished run with a different {changed[0]}; use another output.dir, or set "
+                f"output.resume = false to start over (the finished run is then moved to {self.out / SUPERSEDED_DIR})"
+            )
         stored = {f.name: summary[f.name] for f in fields(TrainResult) if f.name in summary}
         size = self.log_path.stat().st_size if self.log_path.is_file() else 0
         stored.update(model_dir=model_dir, log_path=self.log_path, losses=read_losses(self.log_path, size))
@@ -309,6 +333,26 @@ class Trainer:
             return None
         log.info("%s finished earlier (%d steps): nothing to do", self.out, result.steps)
         return result
+
+    def supersede(self) -> None:
+        """Move the previous run's results into ``superseded/run-<time>`` (kept, never deleted)."""
+        previous = [self.out / name for name in RUN_FILES if (self.out / name).exists()]
+        if not previous:
+            return
+        staging = self.out / "run"
+        staging.mkdir()
+        for path in previous:
+            os.replace(path, staging / path.name)
+        kept = move_aside(staging, self.out / SUPERSEDED_DIR)
+        log.info("output.resume = false: the previous run in %s moved to %s", self.out, kept)
+
+    def check_space(self) -> None:
+        """Refuse to start when the output folder cannot hold the model and one checkpoint."""
+        trained = sum(p.numel() * p.element_size() for p in self.params)
+        saved = trained
+        if self.recipe.finetune == "full" or self.config.output.merge:
+            saved = sum(p.numel() * p.element_size() for p in self.model.backbone.parameters())
+        check_free_space(self.out, saved + 3 * trained, "the trained model and a checkpoint")
 
     def train_step(self) -> dict[str, Any]:
         """One optimiser step; returns its log line."""
@@ -508,7 +552,10 @@ class Trainer:
                 model.merge_adapter()
                 model.backbone_trained = True
             model.eval()
-            model.save(result.model_dir)
+            try:
+                model.save(result.model_dir)
+            except (OSError, RuntimeError, SafetensorError) as err:
+                raise OutputError(save_failure(err, result.model_dir)) from None
             summary = {
                 **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items() if k != "losses"},
                 "config_hash": self.config.hash(),
@@ -523,6 +570,22 @@ class Trainer:
             write_text_atomic(result.model_dir / SUMMARY_FILE, text)
             write_config(self.config, result.model_dir / CONFIG_FILE)
         self.dist.barrier()
+
+
+#: Where ``output.resume = false`` moves a previous run's results.
+SUPERSEDED_DIR = "superseded"
+#: What a run writes in its folder (and a run started over moves aside).
+RUN_FILES = (MODEL_DIR, SUMMARY_FILE, LOG_FILE, CONFIG_FILE, HELDOUT_FILE, CHECKPOINT_DIR, "tensorboard")
+
+
+def check_learnable(records: Sequence[TrainRecord], source: str) -> None:
+    """Refuse records from which nothing can be learned: a single distinct positive and no negatives leave
+    every query one candidate, its own positive (in-batch duplicates are masked): loss 0, gradient 0."""
+    if records and len({r.positive for r in records}) < 2 and not any(r.negatives for r in records):
+        raise DataError(
+            f"{source}: all {len(records)} records have the same positive and none has a negative; "
+            "contrastive training needs at least two different positives"
+        )
 
 
 def read_losses(path: Path, offset: int) -> list[float]:
