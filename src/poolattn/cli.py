@@ -532,6 +532,75 @@ def export_st(
     console.print(f"sentence-transformers folder written to {output}; load it with {how}")
 
 
+@app.command(
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn serve default --port 8000\n\n"
+        "    poolattn serve runs/default/cells/M5-s0/train/model --precision fp32 --max-wait-ms 2\n\n"
+        "    poolattn serve HuggingFaceTB/SmolLM2-135M --attention bidirectional --pooling mean --host 0.0.0.0\n\n"
+        "    curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' "
+        '-d \'{"input": ["a text", "another"], "model": "poolattn"}\'\n\n'
+        "    python -c \"from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); "
+        "print(len(c.embeddings.create(input=['hi'], model='poolattn').data[0].embedding))\""
+    )
+)
+def serve(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    attention: Annotated[str | None, typer.Option(help="causal | bidirectional (backbones only)")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="eos | mean | weighted_mean | latent | trainable | multilayer (backbones only)")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens (EOS kept)")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=TRUST_HELP)] = False,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="how long a request waits for others to batch with (milliseconds)")
+    ] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="texts admitted and not yet answered; past it, 503")] = 8192,
+    timeout: Annotated[float, typer.Option(help="seconds a request may take, queueing included; then 504")] = 60.0,
+    batch_tokens: Annotated[
+        int | None, typer.Option(help="padded tokens per batch (default: 512 on a CPU, 16384 on a GPU)")
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="the model id /v1/models lists (default: backbone:attention:pooling)")
+    ] = None,
+) -> None:
+    """Serve a model over HTTP as OpenAI's `POST /v1/embeddings` (plus `/health`, `/v1/models`, `/metrics`),
+    merging concurrent requests into length-sorted, token-budgeted batches; SIGTERM answers the admitted
+    requests, then exits."""
+    import logging
+
+    from .serve import ServeSettings
+    from .serve import serve as run_server
+
+    check_precision(precision)
+    try:
+        settings = ServeSettings(
+            max_wait_ms=max_wait_ms,
+            max_queue_texts=max_queue,
+            max_inputs=min(ServeSettings.max_inputs, max_queue),
+            timeout_s=timeout,
+            batch_tokens=batch_tokens,
+            precision=precision,
+            model_name=model_name,
+        )
+        m = open_model(
+            model,
+            attention=attention,
+            pooling=pooling,
+            dtype=dtype,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+        )
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_server(m, settings, host=host, port=port)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 
