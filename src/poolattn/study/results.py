@@ -8,7 +8,8 @@ tables from it. Differences are always design − reference:
   others as Δ. ``*`` = Wilcoxon signed-rank test over the category's datasets (the paper's test);
   ``†`` = stratified paired permutation test within the datasets (samples swapped between the two designs inside
   each dataset, statistic = the category's mean Δ; :func:`poolattn.stats.compare_category`), Holm-corrected over
-  every comparison of the table.
+  every comparison of the table. Each cell is a :class:`Table1Entry` whose ``significant`` (†) and
+  ``seeds_measured`` decide what it supports; its marks are rendered from them, never read back.
 * Per dataset: each design's main score, Δ with a paired bootstrap CI, the paired permutation p-value and its
   Holm-adjusted value over every per-dataset comparison (:func:`poolattn.stats.compare_within_dataset`).
 * Several seeds: scores are averaged over seeds first (per-sample values too), and mean ± CI over seeds is shown;
