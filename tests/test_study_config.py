@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from poolattn import backbone
-from poolattn.config import ConfigError
 from poolattn.study import StudyError, StudyRunner, load_study, plan_cells
-from poolattn.study.config import Study, study_from_dict
 
 pytest_plugins = ["study_fixtures"]
 
@@ -113,18 +109,3 @@ def test_cell_hashes(study_file: Path, fake_suite) -> None:
     seeds = plan_cells(load_study(study_file, ["seeds=[0, 3]"]))
     assert [c.name for c in seeds] == ["M0", "M1-s0", "M2-s0", "M1-s3", "M2-s3"]
     assert {c.name: c.hash for c in seeds}["M1-s0"] == base["M1-s0"]
-
-
-@pytest.mark.parametrize("config", [None, "quality.toml", "paper.toml"])
-def test_study_json_reads_back_into_the_typed_study(config: str | None) -> None:
-    root = Path(__file__).resolve().parents[1]
-    study = load_study(None if config is None else root / "configs" / config)
-    stored = json.loads(json.dumps(study.to_dict()))  # as study.json holds it
-    again = study_from_dict(stored)
-    assert again.to_dict() == study.to_dict()
-    assert [f.name for f in fields(Study)] == [f.name for f in fields(again)]
-    for name in ("designs", "model", "data", "recipe", "output", "lora", "eval", "layers", "stats", "adapt"):
-        assert getattr(again, name) == getattr(study, name), name
-    assert again.adapt_designs == study.adapt_designs and again.raw == stored
-    with pytest.raises(ConfigError, match=r"stats\.alpha"):
-        study_from_dict({**stored, "stats": {**stored["stats"], "alpha": "small"}})

@@ -122,7 +122,8 @@ def requirement(entry: BudgetEntry, delta: float, alpha: float) -> Requirement:
         seeds = stats.seeds_to_detect(delta, entry.var_eval, var_seed, alpha=alpha, power=POWER, max_seeds=MAX_SEEDS)
     factor = stats.samples_to_detect(delta, entry.var_eval, var_seed, entry.n_seeds, alpha=alpha, power=POWER)
     known = factor is not None and math.isfinite(entry.samples_per_dataset)
-    samples = math.ceil(factor * entry.samples_per_dataset) if known else None  # type: ignore[operator]
+    # at least 2 samples per dataset: one has no spread to bootstrap
+    samples = max(2, math.ceil(factor * entry.samples_per_dataset)) if known else None  # type: ignore[operator]
     return Requirement(delta, seeds, samples, factor, entry.var_seed is None)
 
 
