@@ -124,3 +124,14 @@ def test_encode_unknown_pooling_and_missing_model(tiny_llama, tmp_path):
     assert result.exit_code == 2 and "unknown pooling 'max'" in flat(result.output)
     result = runner.invoke(app, ["encode", str(tmp_path / "missing"), *args])
     assert result.exit_code == 2 and "not found" in flat(result.output)
+
+
+def test_report_compare_reaches_the_renderer(tmp_path, monkeypatch):
+    from poolattn.study import report
+
+    calls = []
+    monkeypatch.setattr(report, "render_report", lambda folder, compare=None: calls.append((folder, compare)) or folder)
+    result = runner.invoke(app, ["report", str(tmp_path / "a"), "--compare", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert calls == [(tmp_path / "a", tmp_path / "b")]
+    assert "--compare" in runner.invoke(app, ["report", "--help"]).output

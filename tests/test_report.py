@@ -10,6 +10,7 @@ import json
 import math
 import re
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,13 @@ import pytest
 import scipy.stats
 
 from poolattn import stats
-from poolattn.study.conclusions import PAPER_DELTAS
+from poolattn.config import ConfigError
+from poolattn.study import load_study
+from poolattn.study.conclusions import PAPER_DELTAS, analyse
+from poolattn.study.config import Study, study_from_dict
+from poolattn.study.noise import TARGET_DELTAS, variance_budget
 from poolattn.study.plots import plot_losses, training_chance
+from poolattn.study.ranking import compare_rankings
 from poolattn.study.report import fmt, fmt_p, render_report
 from poolattn.study.results import average_per_sample, load_results
 
@@ -39,12 +45,15 @@ SHIFT = {
 N_SAMPLES = 40
 
 
-def per_sample_scores(design: str, category: str, dataset: int, seed: int) -> list[float]:
+def per_sample_scores(design: str, category: str, dataset: int, seed: int, seed_noise: float = 0.0) -> list[float]:
+    """``seed_noise``: the standard deviation of one training run's offset, the same on every sample of a category
+    (training noise that the evaluation samples cannot see)."""
     rng = np.random.default_rng([dataset, len(category)])
     base = rng.uniform(0.2, 0.8, N_SAMPLES)
     noise = np.random.default_rng([dataset, len(category), len(design), seed]).normal(0, 0.01, N_SAMPLES)
     shift = SHIFT.get(design, {}).get(category, 0.0)
-    return [float(x) for x in np.clip(base + shift + (noise if design != "M1" else 0), 0, 1)]
+    run = np.random.default_rng([ord(design[-1]), len(category), seed]).normal(0, seed_noise) if seed_noise else 0.0
+    return [float(x) for x in np.clip(base + shift + run + (noise if design != "M1" else 0), 0, 1)]
 
 
 def write(path: Path, payload: dict) -> None:
@@ -73,9 +82,11 @@ def make_study(
     heldout: dict[str, tuple[float, float]] | None = None,
     twin: bool = False,
     precision: str | None = None,
+    seed_noise: float = 0.0,
 ) -> Path:
     """A finished study folder in the layout ``poolattn.experiment`` writes. ``heldout``: design -> held-out loss
-    (before, after) in its training summaries; ``twin``: add M0, the untrained twin of M1."""
+    (before, after) in its training summaries; ``twin``: add M0, the untrained twin of M1; ``seed_noise``: see
+    :func:`per_sample_scores`."""
     tasks = {f"{c}-{i}": c for c, n in DATASETS.items() for i in range(n)}
     cells = []
     designs = {**({"M0": ("causal", "eos")} if twin else {}), **DESIGNS}
@@ -86,7 +97,8 @@ def make_study(
             if name == missing:
                 continue
             for task, category in tasks.items():
-                scores = per_sample_scores(design, category, int(task.split("-")[1]), 99 if seed is None else seed)
+                index, run = int(task.split("-")[1]), 99 if seed is None else seed
+                scores = per_sample_scores(design, category, index, run, seed_noise)
                 write(
                     folder / "cells" / name / "eval" / f"{task}.json",
                     {
@@ -203,6 +215,16 @@ def hand_category_means(folder: Path, design: str, seeds: tuple[int, ...] = (0,)
 def study(tmp_path: Path) -> Path:
     folder = make_study(tmp_path / "study")
     render_report(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three seeds, rendered beside a one-seed study of the same designs (``--compare``)."""
+    root = tmp_path_factory.mktemp("seeded")
+    single = make_study(root / "single")
+    folder = make_study(root / "seeded", seeds=(0, 1, 2))
+    render_report(folder, compare=single)
     return folder
 
 
@@ -354,6 +376,22 @@ def test_number_formatting() -> None:
     assert fmt(math.nan) == "n/a" and fmt_p(0.0004) == "4.0e-04" and fmt_p(0.0312) == "0.031"
 
 
+@pytest.mark.parametrize("config", [None, "quality.toml", "paper.toml"])
+def test_study_json_reads_back_into_the_typed_study(config: str | None) -> None:
+    """The config as ``study.json`` stores it comes back as the same typed Study (the real task registry)."""
+    root = Path(__file__).resolve().parents[1]
+    study = load_study(None if config is None else root / "configs" / config)
+    stored = json.loads(json.dumps(study.to_dict()))  # as study.json holds it
+    again = study_from_dict(stored)
+    assert again.to_dict() == study.to_dict()
+    assert [f.name for f in fields(Study)] == [f.name for f in fields(again)]
+    for name in ("designs", "model", "data", "recipe", "output", "lora", "eval", "layers", "stats", "adapt"):
+        assert getattr(again, name) == getattr(study, name), name
+    assert again.adapt_designs == study.adapt_designs and again.raw == stored
+    with pytest.raises(ConfigError, match=r"stats\.alpha"):
+        study_from_dict({**stored, "stats": {**stored["stats"], "alpha": "small"}})
+
+
 # ------------------------------------------------------------------------------- what the study can conclude
 #: held-out loss (before, after) per design; chance is ln 16 = 2.773, 0.8 x chance = 2.218
 HELDOUT = {"M1": (2.80, 1.50), "M2": (2.80, 2.70), "M4": (1.60, 1.55), "M5": (2.90, 1.20)}
@@ -405,6 +443,7 @@ def test_not_measured_in_an_older_folder(study: Path) -> None:
 def test_trained_against_its_untrained_twin(judged: Path) -> None:
     twin = json.loads((judged / "results.json").read_text())["learning"]["M1"]["twin"]
     assert twin["design"] == "M0"
+    twin = twin["groups"]
     tasks = sorted(p.stem for p in (judged / "cells" / "M0" / "eval").glob("*.json"))
     score = {
         d: {t: json.loads((judged / "cells" / c / "eval" / f"{t}.json").read_text()) for t in tasks}
@@ -444,11 +483,11 @@ def test_paper_directions_leave_out_designs_that_did_not_learn(judged: Path) -> 
     assert "not a design effect (did not learn)" in markdown
 
 
-def test_claims_hold_only_where_our_test_is_significant(study: Path) -> None:
-    results = json.loads((study / "results.json").read_text())
+def test_claims_hold_only_where_our_test_is_significant(seeded: Path) -> None:
+    results = json.loads((seeded / "results.json").read_text())
     table = results["table1"]
     words = {"help STS": "sts", "help retrieval": "retrieval", "do not help classification": "classification"}
-    claims = {c["claim"].split(") ")[-1]: c for c in results["paper_comparison"]["claims"] if "best" not in c}
+    claims = {c["claim"].split(") ")[-1]: c for c in results["paper_comparison"]["claims"] if c["kind"] == "direction"}
     assert set(claims) == set(words)  # no clustering in this study
     # M5 +0.08 and M4 -0.03 on STS, both significant: the claim holds for one and is contradicted by the other
     assert {n: d["verdict"] for n, d in claims["help STS"]["designs"].items()} == {"M4": "contradicted", "M5": "holds"}
@@ -456,10 +495,16 @@ def test_claims_hold_only_where_our_test_is_significant(study: Path) -> None:
     for text, category in words.items():
         for name, design in claims[text]["designs"].items():
             sign = 1 if text.startswith("help") else -1
-            delta, significant = table[name][category]["delta"], "†" in table[name][category]["marks"]
+            entry = table[name][category]
+            assert entry["seeds_measured"] and design["significant"] == entry["significant"]
+            assert (
+                entry["significant"] == (entry["within"]["pvalue_holm"] < 0.05)
+                and entry["marks"].endswith("†") == (entry["significant"])
+            )
+            delta, significant = entry["delta"], entry["significant"]
             expected = "not resolved" if not significant else "holds" if delta * sign > 0 else "contradicted"
             assert design["verdict"] == expected
-    best = [c for c in results["paper_comparison"]["claims"] if "best" in c]
+    best = [c for c in results["paper_comparison"]["claims"] if c["kind"] == "best"]
     assert [(c["best"], c["runner_up"], c["verdict"]) for c in best] == [("M5", "M2", "holds"), ("M5", "M4", "holds")]
     sign_test = results["paper_comparison"]["sign_test"]
     k, n = sign_test["k"], sign_test["n"]
@@ -603,3 +648,109 @@ def test_the_papers_exact_head_is_counted_and_a_variant_is_shown(tmp_path: Path)
     }
     assert "| M5+ | M5 | STS |" in (folder / "report.md").read_text()
     assert "variant, not counted" in (folder / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------- how noisy the study is
+def test_one_seed_leaves_every_design_claim_unresolved(study: Path) -> None:
+    results = json.loads((study / "results.json").read_text())
+    entries = [results["table1"][d][c] for d in ("M2", "M4", "M5") for c in results["categories"]]
+    assert not any(e["seeds_measured"] for e in entries) and any(e["significant"] for e in entries)
+    claims = results["paper_comparison"]["claims"]
+    assert {c["verdict"] for c in claims} == {"not resolved"} and not any(c["resolved"] for c in claims)
+    sts = next(c for c in claims if c["kind"] == "direction" and c["category"] == "sts")
+    assert sts["designs"]["M5"]["significant"] and sts["designs"]["M5"]["verdict"] == "not resolved"
+    markdown = (study / "report.md").read_text()
+    assert "With one training seed every `†` is a difference between these two trained models" in markdown
+    assert "every design claim below is **not resolved** until the study runs several seeds" in markdown
+    assert "M5 +0.0792: not resolved (significant between these two trained models, one seed)" in markdown
+    assert "Does the ranking hold?" not in markdown  # one seed, nothing compared
+    budget = results["variance_budget"]["categories"][0]["entries"][0]
+    assert budget["var_seed"] is None and budget["seed_share"] is None
+    assert all(r["seeds"] is None and r["lower_bound"] for r in budget["requirements"])
+
+
+def test_variance_budget_by_hand(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "noisy", seeds=(0, 1, 2), seed_noise=0.02)
+    findings = analyse(folder)
+    budget = variance_budget(findings.results, findings.tables)
+    assert budget.alpha == 0.05 and [g.category for g in budget.categories] == ["sts", "classification", "retrieval"]
+    for group in budget.categories:
+        names = [t for t, c in findings.tables.tasks.items() if c == group.category]
+        assert [e.design for e in group.entries] == ["M2", "M4", "M5"]
+        for entry in group.entries:
+            within = findings.tables.table1[entry.design][group.category].within
+            assert entry.var_eval == within["se"] ** 2 and entry.n_seeds == 3 and entry.samples_per_dataset == 40
+            deltas = [
+                np.mean([findings.results.designs[entry.design].seed_tasks[s][t]["main_score"] for t in names])
+                - np.mean([findings.results.designs["M1"].seed_tasks[s][t]["main_score"] for t in names])
+                for s in (0, 1, 2)
+            ]
+            assert entry.var_seed == pytest.approx(np.var(deltas, ddof=1), rel=1e-9)
+            share = entry.var_seed / 3 / (entry.var_eval + entry.var_seed / 3)
+            assert entry.seed_share == pytest.approx(share) and share > 0.5  # training noise dominates here
+            for need, delta in zip(entry.requirements, TARGET_DELTAS, strict=True):
+                assert need.seeds == stats.seeds_to_detect(delta, entry.var_eval, entry.var_seed, max_seeds=1000)
+                factor = stats.samples_to_detect(delta, entry.var_eval, entry.var_seed, 3)
+                assert need.sample_factor == factor and not need.lower_bound
+                assert need.samples == (None if factor is None else max(2, math.ceil(factor * 40)))
+
+
+def test_seed_wins_and_the_budget_in_the_report(seeded: Path) -> None:
+    results = json.loads((seeded / "results.json").read_text())
+    wins = results["ranking"]["seed_wins"]
+    for design in ("M2", "M4", "M5"):
+        for category in results["categories"]:
+            per_seed = [
+                hand_category_means(seeded, design, (s,))[category] > hand_category_means(seeded, "M1", (s,))[category]
+                for s in (0, 1, 2)
+            ]
+            cell = wins[design][category]
+            assert (cell["wins"], cell["n"]) == (sum(per_seed), 3)
+            assert cell["pvalue"] == scipy.stats.binomtest(sum(per_seed), 3, 0.5).pvalue
+    assert wins["M5"]["sts"]["wins"] == 3 and wins["M4"]["sts"]["wins"] == 0
+    markdown = (seeded / "report.md").read_text()
+    section = markdown.split("## Does the ranking hold?")[1].split("\n## ")[0]
+    assert "| M5 | 3/3 | 3/3 | 3/3 |" in section
+    assert "With 3 seeds even 3/3 is not significant by itself" in section
+    budget = markdown.split("## Where the uncertainty comes from")[1].split("\n## ")[0]
+    assert "| category | Δ tested | SE(Δ) samples | SD(Δ) per seed | seeds' share |" in budget
+    assert budget.count("\n| STS | 3 |") == 1 and "The data sample is not varied" in budget
+
+
+def test_rankings_side_by_side(seeded: Path) -> None:
+    results = json.loads((seeded / "results.json").read_text())
+    comparison = results["ranking"]["comparison"]
+    assert comparison["second"].endswith("single")
+    first = analyse(seeded)
+    second = analyse(seeded.parent / "single")
+    for row in comparison["categories"]:
+        a = [first.tables.table1[d][row["category"]].score for d in first.tables.designs]
+        b = [second.tables.table1[d][row["category"]].score for d in first.tables.designs]
+        assert row["kendall_tau"] == pytest.approx(scipy.stats.kendalltau(a, b).statistic)
+        assert row["first"] == sorted(
+            first.tables.designs, key=lambda d, c=row["category"]: -results["table1"][d][c]["score"]
+        )
+    resolved = {(c["design"], c["category"]) for c in comparison["resolved"]}
+    expected = {
+        (d, c) for d in ("M2", "M4", "M5") for c in results["categories"] if results["table1"][d][c]["significant"]
+    }
+    assert resolved == expected and ("M5", "sts") in resolved
+    assert all(c["agree"] and not c["other_resolved"] for c in comparison["resolved"])  # one seed resolves nothing
+    assert comparison["claims"] and all(c["other_verdict"] == "not resolved" for c in comparison["claims"])
+    assert comparison["agree"] is True
+    markdown = (seeded / "report.md").read_text()
+    assert f"### Beside `{comparison['second']}`" in markdown
+    assert "On what this study resolves, the other study agrees with it:" in markdown
+    assert "| STS | M5 > M2 > M1 > M4 | M5 > M2 > M1 > M4 | 1.00 (p 0.083) | yes |" in markdown
+    # the other way round: the one-seed study resolves nothing, so there is nothing to confirm
+    assert compare_rankings(second, first).agree is None
+
+
+def test_a_reversed_ranking_contradicts(seeded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SHIFT, "M5", {"sts": -0.08, "classification": 0.01, "retrieval": 0.03})
+    flipped = analyse(make_study(tmp_path / "flipped"))
+    comparison = compare_rankings(analyse(seeded), flipped)
+    differ = [(c.design, c.category) for c in comparison.resolved if not c.agree]
+    assert differ == [("M5", "sts")] and comparison.agree is False
+    sts = next(r for r in comparison.categories if r.category == "sts")
+    assert sts.first[0] == "M5" and sts.second[-1] == "M5" and not sts.same_best

@@ -744,3 +744,62 @@ def test_sign_agreement_against_a_coin():
     assert strong["pvalue"] == scipy.stats.binomtest(13, 16, 0.5, alternative="greater").pvalue
     assert strong["pvalue"] < 0.05 and (strong["k"], strong["n"]) == (13, 16)
     assert math.isnan(stats.sign_agreement([])["pvalue"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Planning: the seeds and samples that detect a given Δ
+# --------------------------------------------------------------------------------------------------------
+
+
+def _t_test_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided one-sample t-test of n values with sd ``sd`` at a true mean ``delta``."""
+    t, nc = scipy.stats.t.ppf(1 - alpha / 2, n - 1), delta / (sd / math.sqrt(n))
+    return float(scipy.stats.nct.sf(t, n - 1, nc) + scipy.stats.nct.cdf(-t, n - 1, nc))
+
+
+def test_planned_mde_limits():
+    z = scipy.stats.norm.ppf(0.975) + scipy.stats.norm.ppf(0.8)
+    assert stats.planned_mde(0.01**2, 0.0, 1) == pytest.approx(z * 0.01, rel=1e-12)  # evaluation noise alone
+    assert stats.planned_mde(0.01**2, 0.0, 1, 4.0) == pytest.approx(z * 0.005, rel=1e-12)  # 4 x the samples
+    t = scipy.stats.t(4)  # training noise alone, 5 seeds: Student t with 4 degrees of freedom
+    assert stats.planned_mde(0.0, 0.1**2, 5) == pytest.approx((t.ppf(0.975) + t.ppf(0.8)) * 0.1 / math.sqrt(5))
+    assert stats.planned_mde(0.0, 0.01, 1) == math.inf  # one seed cannot see its own training noise
+    # the samples alone: a closed form, (z / delta)^2 x the variance
+    assert stats.samples_to_detect(0.02, 0.01**2, 0.0, 1) == pytest.approx((z * 0.01 / 0.02) ** 2, rel=1e-8)
+    assert stats.seeds_to_detect(0.05, 0.01**2, 0.0) == 1 and stats.seeds_to_detect(0.01, 0.01**2, 0.0) is None
+    assert stats.seeds_to_detect(0.02, 0.03**2, 0.01) is None  # the evaluation noise alone exceeds 0.02
+    assert stats.samples_to_detect(0.02, 0.001, 0.1**2, 3) is None  # the seeds' part alone exceeds 0.02
+    with pytest.raises(ValueError, match="delta"):
+        stats.seeds_to_detect(0.0, 0.1, 0.1)
+
+
+@pytest.mark.parametrize(("sd", "delta"), [(0.1, 0.05), (0.05, 0.02), (0.2, 0.05), (0.03, 0.05)])
+def test_seeds_to_detect_against_the_exact_t_test_power(sd, delta):
+    """Training noise alone: the seeds found give the one-sample t-test (scipy's noncentral t) about 80% power."""
+    n = stats.seeds_to_detect(delta, 0.0, sd**2)
+    assert n is not None and _t_test_power(delta, sd, n) >= 0.78
+    assert n == 2 or _t_test_power(delta, sd, n - 1) < 0.805
+
+
+@FAST
+@given(
+    var_eval=st.floats(1e-7, 1e-3),
+    sd_seed=st.floats(0.0, 0.1),
+    n_seeds=st.integers(2, 12),
+    delta=st.sampled_from([0.02, 0.05]),
+    alpha=st.sampled_from([0.01, 0.05]),
+)
+def test_planning_finds_the_smallest_design_property(var_eval, sd_seed, n_seeds, delta, alpha):
+    var_seed = sd_seed**2
+    seeds = stats.seeds_to_detect(delta, var_eval, var_seed, alpha=alpha, max_seeds=500)
+    if seeds is not None:
+        assert stats.planned_mde(var_eval, var_seed, seeds, alpha=alpha) <= delta
+        if seeds > 2:
+            assert stats.planned_mde(var_eval, var_seed, seeds - 1, alpha=alpha) > delta
+    else:
+        assert stats.planned_mde(var_eval, var_seed, 500, alpha=alpha) > delta
+    factor = stats.samples_to_detect(delta, var_eval, var_seed, n_seeds, alpha=alpha)
+    if factor is not None:
+        assert stats.planned_mde(var_eval, var_seed, n_seeds, factor, alpha=alpha) == pytest.approx(delta, rel=1e-6)
+    else:  # even unlimited samples leave the seeds' part above delta
+        assert stats.planned_mde(0.0, var_seed, n_seeds, alpha=alpha) > delta * (1 - 1e-9)

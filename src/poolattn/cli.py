@@ -428,13 +428,21 @@ def experiment(
     console.print(f"[bold green]report:[/] {report}")
 
 
-@app.command(epilog="**Example**\n\n    poolattn report runs/default")
-def report(folder: Annotated[Path, typer.Argument(help="a study folder written by `poolattn experiment`")]) -> None:
+@app.command(
+    epilog="**Examples**\n\n    poolattn report runs/default\n\n    poolattn report runs/quality --compare runs/default"
+)
+def report(
+    folder: Annotated[Path, typer.Argument(help="a study folder written by `poolattn experiment`")],
+    compare: Annotated[
+        Path | None,
+        typer.Option("--compare", help="a second study folder: its ranking beside this one's (does it hold?)"),
+    ] = None,
+) -> None:
     """Re-render a study's report (Markdown + HTML) from its stored results."""
     from .study.report import render_report
 
     try:
-        path = render_report(folder)
+        path = render_report(folder, compare=compare)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {path}")

@@ -12,8 +12,9 @@ Three levels of comparison:
   seeds.
 
 What a comparison could have found: the minimum detectable effect at a given power
-(:func:`minimum_detectable_effect`, :func:`paired_mde`) and the sign test of agreement with another study's
-directions (:func:`sign_agreement`).
+(:func:`minimum_detectable_effect`, :func:`paired_mde`); the seeds and samples a study would need to detect a given
+Δ (:func:`planned_mde`, :func:`seeds_to_detect`, :func:`samples_to_detect`); and the sign test of agreement with
+another study's directions (:func:`sign_agreement`).
 
 Per-sample results are plain dicts (``per_sample``) whose ``"statistic"`` names how the dataset's main score
 is computed from them (see :data:`STATISTICS`). Differences are always ``b - a``. Also here: Holm's
@@ -23,7 +24,16 @@ layers' representations.
 
 from __future__ import annotations
 
-from .power import minimum_detectable_effect, paired_mde, satterthwaite_df, seed_spread, sign_agreement
+from .power import (
+    minimum_detectable_effect,
+    paired_mde,
+    planned_mde,
+    samples_to_detect,
+    satterthwaite_df,
+    seed_spread,
+    seeds_to_detect,
+    sign_agreement,
+)
 from .resampling import (
     PairedResult,
     compare_category,
@@ -50,11 +60,14 @@ __all__ = [
     "paired_bootstrap",
     "paired_mde",
     "paired_permutation",
+    "planned_mde",
+    "samples_to_detect",
     "satterthwaite_df",
     "score_from_samples",
     "seed_convolved_pvalue",
     "seed_spread",
     "seed_summary",
+    "seeds_to_detect",
     "sign_agreement",
     "significance_mark",
     "wilcoxon_over_datasets",

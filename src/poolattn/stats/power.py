@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.optimize
 import scipy.stats
 
 # --------------------------------------------------------------------------------------------------------
@@ -42,6 +43,76 @@ def paired_mde(differences: Sequence[float], *, alpha: float = 0.05, power: floa
     if d.ndim != 1 or d.size < 2:
         raise ValueError(f"differences: expected at least 2 values, got shape {d.shape}")
     return minimum_detectable_effect(float(d.std(ddof=1)) / math.sqrt(d.size), alpha=alpha, power=power)
+
+
+def planned_mde(
+    var_eval: float,
+    var_seed: float,
+    n_seeds: int,
+    sample_factor: float = 1.0,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float:
+    """:func:`minimum_detectable_effect` of a mean Δ over ``n_seeds`` training seeds evaluated on
+    ``sample_factor`` times the samples: variance ``var_eval / sample_factor + var_seed / n_seeds`` (``var_eval``:
+    the evaluation samples' variance of Δ as measured, shrinking as 1/n; ``var_seed``: one seed's training variance
+    of Δ). Student t quantiles at the Welch–Satterthwaite degrees of freedom, the seeds' part with ``n_seeds - 1``
+    and the samples' part taken as known (as the † test does); inf with one seed and training noise."""
+    if not (var_eval >= 0 and var_seed >= 0 and sample_factor > 0 and n_seeds >= 1):
+        raise ValueError(f"var_eval={var_eval}, var_seed={var_seed}, n_seeds={n_seeds}, factor={sample_factor}")
+    eval_part, seed_part = var_eval / sample_factor, var_seed / n_seeds
+    if seed_part > 0 and n_seeds < 2:
+        return math.inf
+    df = satterthwaite_df([(eval_part, math.inf), (seed_part, n_seeds - 1)]) if seed_part > 0 else math.inf
+    return minimum_detectable_effect(math.sqrt(eval_part + seed_part), alpha=alpha, power=power, df=df)
+
+
+def seeds_to_detect(
+    delta: float, var_eval: float, var_seed: float, *, alpha: float = 0.05, power: float = 0.8, max_seeds: int = 1000
+) -> int | None:
+    """The fewest training seeds at which :func:`planned_mde` (the evaluation samples as they are) is at most
+    ``delta``: 1 without training noise, else at least 2; None when more than ``max_seeds`` would be needed (or
+    the evaluation samples' noise alone is too large)."""
+    if not delta > 0:
+        raise ValueError(f"delta = {delta!r}: must be > 0")
+
+    def enough(n: int) -> bool:
+        return planned_mde(var_eval, var_seed, n, alpha=alpha, power=power) <= delta
+
+    if var_seed == 0:
+        return 1 if enough(1) else None
+    if not enough(max_seeds):
+        return None
+    low, high = 1, max_seeds  # enough(high), not enough(low): the MDE falls with every seed
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
+
+
+def samples_to_detect(
+    delta: float, var_eval: float, var_seed: float, n_seeds: int, *, alpha: float = 0.05, power: float = 0.8
+) -> float | None:
+    """The factor by which every dataset's evaluation samples must grow (or may shrink, below 1) for
+    :func:`planned_mde` at ``n_seeds`` to reach ``delta``; None when the seeds' part alone exceeds it."""
+    if not delta > 0:
+        raise ValueError(f"delta = {delta!r}: must be > 0")
+    if var_eval == 0:
+        return None if planned_mde(0.0, var_seed, n_seeds, alpha=alpha, power=power) > delta else 0.0
+
+    def excess(log_factor: float) -> float:
+        return planned_mde(var_eval, var_seed, n_seeds, math.exp(log_factor), alpha=alpha, power=power) - delta
+
+    high = 0.0
+    while excess(high) > 0:
+        high += 2.0
+        if high > 60:
+            return None
+    low = high - 2.0
+    while excess(low) <= 0:
+        low -= 2.0
+    return float(math.exp(scipy.optimize.brentq(excess, low, high, xtol=1e-10)))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The controlled study: a grid of attention x pooling designs trained and evaluated under one recipe.
 
 :mod:`.config` reads the study TOML, :mod:`.cells` plans and hashes the grid, :mod:`.layers` serves the
-layer-wise analysis, :mod:`.runner` runs it all into a folder and :mod:`.report` renders the report.
+layer-wise analysis, :mod:`.runner` runs it all into a folder and :mod:`.report` renders the report (with
+:mod:`.noise`, where each Δ's uncertainty comes from, and :mod:`.ranking`, whether the ranking holds).
 """
 
 from __future__ import annotations

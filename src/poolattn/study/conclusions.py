@@ -6,20 +6,32 @@
   ``train = false``) on the suite. A design that did not learn is flagged: its Δ is not a design effect.
 * The direction of the paper's findings next to ours: the sign of each Δ, how often it agrees against what a
   coin gives (exact binomial test), and each of the paper's claims resolved by our own test (†): it holds or is
-  contradicted only where that test is significant, and is "not resolved" otherwise.
+  contradicted only where that test is significant with the training noise measured (several seeds), and is "not
+  resolved" otherwise: with one seed a † compares two trained models, not two designs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import stats
-from .results import CATEGORY_LABEL, StudyResults, Tables, compare_designs
+from .results import (
+    CATEGORY_LABEL,
+    StudyResults,
+    Tables,
+    compare_designs,
+    compute_tables,
+    load_results,
+    training_noise_measured,
+)
 
+HOLDS, CONTRADICTED, MIXED, NOT_RESOLVED = "holds", "contradicted", "mixed", "not resolved"
 #: A design learned when its final held-out loss is at most this fraction of chance ...
 LEARNED_CHANCE_RATIO = 0.8
 #: ... and at least this fraction below its held-out loss before the first step.
@@ -47,10 +59,49 @@ PAPER_DELTAS: dict[str, dict[str, tuple[float, bool]]] = {
 
 
 # ============================================================================================ learning
-def seed_learning(heldout: Mapping[str, Any] | None) -> dict[str, Any]:
+@dataclass
+class SeedLearning:
+    """One training run's held-out numbers and whether they show learning (see the module's criteria)."""
+
+    measured: bool
+    learned: bool | None = None
+    reasons: list[str] = field(default_factory=list)
+    before_loss: float = math.nan
+    after_loss: float = math.nan
+    chance_loss: float = math.nan
+    ratio: float = math.nan
+    drop: float = math.nan
+    before_top1: float = math.nan
+    after_top1: float = math.nan
+    chance_top1: float = math.nan
+
+
+@dataclass
+class TwinComparison:
+    """A trained design against its untrained twin: per category and over all datasets (``"all"``), the Δ and the
+    uncorrected † test's p-value and interval."""
+
+    design: str
+    groups: dict[str, dict[str, float]]
+
+
+@dataclass
+class Learning:
+    """Whether a design learned: ``status`` (learned | did not learn | not measured | untrained) and ``flagged``
+    (did not learn in at least one seed: its Δ is not read as a design effect)."""
+
+    status: str
+    flagged: bool
+    seeds: dict[str, SeedLearning] = field(default_factory=dict)
+    failed_seeds: list[str] = field(default_factory=list)
+    measured_seeds: list[str] = field(default_factory=list)
+    twin: TwinComparison | None = None
+
+
+def seed_learning(heldout: Mapping[str, Any] | None) -> SeedLearning:
     """One training run's held-out numbers and whether they show learning (see the module's criteria)."""
     if heldout is None:
-        return {"measured": False, "learned": None, "reasons": []}
+        return SeedLearning(measured=False)
     after, before = heldout["after"], heldout.get("before")
     loss, chance = float(after["heldout_loss"]), float(after["chance_loss"])
     before_loss = float(before["heldout_loss"]) if before else math.nan
@@ -60,19 +111,19 @@ def seed_learning(heldout: Mapping[str, Any] | None) -> dict[str, Any]:
         reasons.append(f"held-out loss {loss:.3f} > {LEARNED_CHANCE_RATIO:g} × chance {chance:.3f}")
     if before and not drop >= LEARNED_MIN_DROP:
         reasons.append(f"held-out loss fell only {drop:.1%} from {before_loss:.3f} before training")
-    return {
-        "measured": True,
-        "learned": not reasons,
-        "reasons": reasons,
-        "before_loss": before_loss,
-        "after_loss": loss,
-        "chance_loss": chance,
-        "ratio": loss / chance,
-        "drop": drop,
-        "before_top1": float(before["heldout_top1"]) if before else math.nan,
-        "after_top1": float(after["heldout_top1"]),
-        "chance_top1": float(after["chance_top1"]),
-    }
+    return SeedLearning(
+        measured=True,
+        learned=not reasons,
+        reasons=reasons,
+        before_loss=before_loss,
+        after_loss=loss,
+        chance_loss=chance,
+        ratio=loss / chance,
+        drop=drop,
+        before_top1=float(before["heldout_top1"]) if before else math.nan,
+        after_top1=float(after["heldout_top1"]),
+        chance_top1=float(after["chance_top1"]),
+    )
 
 
 def untrained_twin(results: StudyResults, tables: Tables, name: str) -> str | None:
@@ -85,7 +136,7 @@ def untrained_twin(results: StudyResults, tables: Tables, name: str) -> str | No
     return None
 
 
-def twin_comparison(results: StudyResults, tables: Tables, name: str, twin: str) -> dict[str, Any]:
+def twin_comparison(results: StudyResults, tables: Tables, name: str, twin: str) -> TwinComparison:
     """Trained minus untrained twin per category and over every dataset of Table 1 (the † test, uncorrected)."""
     groups = {c: [t for t, cat in tables.tasks.items() if cat == c] for c in tables.categories}
     groups["all"] = list(tables.tasks)
@@ -100,37 +151,36 @@ def twin_comparison(results: StudyResults, tables: Tables, name: str, twin: str)
             "ci_low": test["ci_low"] if test else math.nan,
             "ci_high": test["ci_high"] if test else math.nan,
         }
-    return out
+    return TwinComparison(twin, out)
 
 
-def learning_status(results: StudyResults, tables: Tables) -> dict[str, dict[str, Any]]:
-    """Per design: ``status`` (learned | did not learn | not measured | untrained), ``flagged`` (did not learn in
-    at least one seed: its Δ is not read as a design effect), per-seed numbers and the untrained-twin comparison."""
-    out: dict[str, dict[str, Any]] = {}
+def learning_status(results: StudyResults, tables: Tables) -> dict[str, Learning]:
+    """Per design: whether it learned (:class:`Learning`), with per-seed numbers and the untrained-twin
+    comparison."""
+    out: dict[str, Learning] = {}
     for name in tables.designs:
         design = results.designs[name]
         if not design.spec.get("train", True):
-            out[name] = {"status": "untrained", "flagged": False, "seeds": {}, "twin": None}
+            out[name] = Learning(status="untrained", flagged=False)
             continue
         seeds = {str(seed): seed_learning(heldout) for seed, heldout in design.heldout.items()}
-        measured = [s for s, v in seeds.items() if v["measured"]]
-        failed = [s for s in measured if not seeds[s]["learned"]]
-        status = "not measured" if not measured else "did not learn" if failed else "learned"
+        measured = [s for s, v in seeds.items() if v.measured]
+        failed = [s for s in measured if not seeds[s].learned]
         twin = untrained_twin(results, tables, name)
-        out[name] = {
-            "status": status,
-            "flagged": bool(failed),
-            "failed_seeds": failed,
-            "measured_seeds": measured,
-            "seeds": seeds,
-            "twin": twin and {"design": twin, **twin_comparison(results, tables, name, twin)},
-        }
+        out[name] = Learning(
+            status="not measured" if not measured else "did not learn" if failed else "learned",
+            flagged=bool(failed),
+            seeds=seeds,
+            failed_seeds=failed,
+            measured_seeds=measured,
+            twin=twin_comparison(results, tables, name, twin) if twin else None,
+        )
     return out
 
 
-def design_effect(learning: Mapping[str, Mapping[str, Any]], reference: str) -> Callable[[str], bool]:
+def design_effect(learning: Mapping[str, Learning], reference: str) -> Callable[[str], bool]:
     """Whether a design's Δ reads as a design effect: neither it nor the reference is flagged."""
-    return lambda name: not learning[name]["flagged"] and not learning[reference]["flagged"]
+    return lambda name: not learning[name].flagged and not learning[reference].flagged
 
 
 # ====================================================================================== paper directions
@@ -146,9 +196,72 @@ def paper_exact(spec: Mapping[str, Any]) -> bool:
     return reduction in ("auto", "last") if spec["attention"] == "causal" else reduction == "mean"
 
 
-def paper_comparison(
-    results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any] | None:
+@dataclass
+class PaperRow:
+    """Our Δ of one design and category next to the paper's."""
+
+    design: str
+    paper_design: str
+    category: str
+    paper_delta: float
+    paper_significant: bool
+    delta: float
+    significant: bool
+    seeds_measured: bool
+    agree: bool
+    exact_head: bool
+    counted: bool
+    design_effect: bool
+
+
+@dataclass
+class ClaimDesign:
+    """One design's evidence on a paper claim: its Δ, whether our † test is significant and what that makes of it."""
+
+    delta: float
+    significant: bool
+    seeds_measured: bool
+    verdict: str
+
+
+@dataclass
+class Claim:
+    """A paper claim resolved by our tests: ``verdict`` holds | contradicted | mixed | not resolved.
+
+    ``kind`` "direction": a sign per design (``designs``); "best": the best design against the best of the other
+    group (``best``, ``runner_up``, ``delta``, ``pvalue``, ``significant``)."""
+
+    claim: str
+    kind: str
+    verdict: str = NOT_RESOLVED
+    category: str = ""
+    designs: dict[str, ClaimDesign] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+    best: str | None = None
+    runner_up: str | None = None
+    delta: float = math.nan
+    pvalue: float = math.nan
+    significant: bool = False
+    seeds_measured: bool = True
+
+    @property
+    def resolved(self) -> bool:
+        return self.verdict in (HOLDS, CONTRADICTED)
+
+
+@dataclass
+class PaperComparison:
+    """The paper's directions next to ours: the rows, the sign tests of agreement and the claims."""
+
+    rows: list[PaperRow]
+    sign_test: dict[str, float]
+    sign_test_paper_significant: dict[str, float]
+    not_counted: list[str]
+    reference_learned: bool
+    claims: list[Claim]
+
+
+def paper_comparison(results: StudyResults, tables: Tables, learning: Mapping[str, Learning]) -> PaperComparison | None:
     """Our Δ next to the paper's for the designs that match the paper's by (attention, pooling), when our
     reference is the paper's (trained EOS, causal). Agreement is the sign of Δ. Per paper design one of ours is
     counted (the first with the paper's exact head, else the first); the others are shown as variants. The sign
@@ -174,54 +287,55 @@ def paper_comparison(
             if category not in tables.categories:
                 continue
             entry = tables.table1[name][category]
-            ours = entry["delta"]
+            ours = float(entry.delta)  # type: ignore[arg-type]
             rows.append(
-                {
-                    "design": name,
-                    "paper_design": paper_name,
-                    "category": category,
-                    "paper_delta": paper_delta,
-                    "paper_significant": paper_sig,
-                    "delta": ours,
-                    "marks": entry["marks"],
-                    "significant": "†" in entry["marks"],
-                    "agree": (ours > 0) == (paper_delta > 0) and ours != 0,
-                    "exact_head": paper_exact(spec[name]),
-                    "counted": counted[paper_name] == name,
-                    "design_effect": effect(name),
-                }
+                PaperRow(
+                    design=name,
+                    paper_design=paper_name,
+                    category=category,
+                    paper_delta=paper_delta,
+                    paper_significant=paper_sig,
+                    delta=ours,
+                    significant=entry.significant,
+                    seeds_measured=entry.seeds_measured,
+                    agree=(ours > 0) == (paper_delta > 0) and ours != 0,
+                    exact_head=paper_exact(spec[name]),
+                    counted=counted[paper_name] == name,
+                    design_effect=effect(name),
+                )
             )
     if not rows:
         return None
-    tested = [r for r in rows if r["counted"] and r["design_effect"] and r["delta"] != 0]
-    return {
-        "rows": rows,
-        "sign_test": stats.sign_agreement([r["agree"] for r in tested]),
-        "sign_test_paper_significant": stats.sign_agreement([r["agree"] for r in tested if r["paper_significant"]]),
-        "not_counted": sorted({r["design"] for r in rows if r["counted"] and not r["design_effect"]}),
-        "reference_learned": not learning[tables.reference]["flagged"],
-        "claims": paper_claims(results, tables, spec, effect),
-    }
+    tested = [r for r in rows if r.counted and r.design_effect and r.delta != 0]
+    return PaperComparison(
+        rows=rows,
+        sign_test=stats.sign_agreement([r.agree for r in tested]),
+        sign_test_paper_significant=stats.sign_agreement([r.agree for r in tested if r.paper_significant]),
+        not_counted=sorted({r.design for r in rows if r.counted and not r.design_effect}),
+        reference_learned=not learning[tables.reference].flagged,
+        claims=paper_claims(results, tables, spec, effect),
+    )
 
 
-def verdict(delta: float, significant: bool, sign: int) -> str:
-    """A claim that Δ has ``sign``: it holds or is contradicted only where our test is significant."""
-    if not significant or delta == 0:
-        return "not resolved"
-    return "holds" if (delta > 0) == (sign > 0) else "contradicted"
+def verdict(delta: float, significant: bool, sign: int, seeds_measured: bool = True) -> str:
+    """A claim that Δ has ``sign``: it holds or is contradicted only where our test is significant with the
+    training noise measured (several seeds); a significant Δ of one seed compares two trained models."""
+    if not significant or not seeds_measured or delta == 0:
+        return NOT_RESOLVED
+    return HOLDS if (delta > 0) == (sign > 0) else CONTRADICTED
 
 
 def overall(verdicts: Sequence[str]) -> str:
     if not verdicts:
-        return "not resolved"
+        return NOT_RESOLVED
     if len(set(verdicts)) == 1:
         return verdicts[0]
-    return "not resolved" if set(verdicts) <= {"not resolved"} else "mixed"
+    return NOT_RESOLVED if set(verdicts) <= {NOT_RESOLVED} else MIXED
 
 
 def paper_claims(
     results: StudyResults, tables: Tables, spec: Mapping[str, Mapping[str, Any]], effect: Callable[[str], bool]
-) -> list[dict[str, Any]]:
+) -> list[Claim]:
     """The paper's conclusions, each resolved by our † test (designs that did not learn are left out)."""
 
     def find(attention: str, pooling: str) -> list[str]:
@@ -247,14 +361,23 @@ def paper_claims(
         for n in bidir_trainable:
             if effect(n):
                 entry = tables.table1[n][category]
-                designs[n] = {"delta": entry["delta"], "verdict": verdict(entry["delta"], "†" in entry["marks"], sign)}
+                delta = float(entry.delta)  # type: ignore[arg-type]
+                designs[n] = ClaimDesign(
+                    delta=delta,
+                    significant=entry.significant,
+                    seeds_measured=entry.seeds_measured,
+                    verdict=verdict(delta, entry.significant, sign, entry.seeds_measured),
+                )
         claims.append(
-            {
-                "claim": f"bidirectional attention + trainable pooling ({', '.join(bidir_trainable)}) {words}",
-                "designs": designs,
-                "excluded": [n for n in bidir_trainable if not effect(n)],
-                "verdict": overall([d["verdict"] for d in designs.values()]),
-            }
+            Claim(
+                claim=f"bidirectional attention + trainable pooling ({', '.join(bidir_trainable)}) {words}",
+                kind="direction",
+                verdict=overall([d.verdict for d in designs.values()]),
+                category=category,
+                designs=designs,
+                excluded=[n for n in bidir_trainable if not effect(n)],
+                seeds_measured=all(d.seeds_measured for d in designs.values()),
+            )
         )
     for category in ("sts", "retrieval"):
         if category not in tables.categories or not multilayer:
@@ -265,27 +388,49 @@ def paper_claims(
 
 def best_claim(
     results: StudyResults, tables: Tables, category: str, trained: Sequence[str], multilayer: Sequence[str]
-) -> dict[str, Any]:
+) -> Claim:
     """ "Multi-layer pooling is the best design" for a category: the best design against the best of the other
     group (multi-layer or not), by the † test over the category's datasets (one test, uncorrected)."""
-    claim = f"multi-layer trainable pooling is the best design for {CATEGORY_LABEL[category]}"
-    record: dict[str, Any] = {"claim": claim, "designs": {}, "excluded": [], "verdict": "not resolved"}
+    claim = Claim(
+        f"multi-layer trainable pooling is the best design for {CATEGORY_LABEL[category]}", "best", category=category
+    )
     if not trained:
-        return record
-    best = max(trained, key=lambda n: tables.table1[n][category]["score"])
+        return claim
+    best = max(trained, key=lambda n: tables.table1[n][category].score)
     others = [n for n in trained if (n in multilayer) != (best in multilayer)]
-    record["best"] = best
+    claim.best = best
     if not others:
-        return record
-    runner_up = max(others, key=lambda n: tables.table1[n][category]["score"])
+        return claim
+    runner_up = max(others, key=lambda n: tables.table1[n][category].score)
     names = [t for t, c in tables.tasks.items() if c == category]
     test = compare_designs(results, runner_up, best, names, results.config["stats"])
-    delta = tables.table1[best][category]["score"] - tables.table1[runner_up][category]["score"]
-    significant = test is not None and test["pvalue"] < tables.settings["alpha"]
-    record.update(
-        runner_up=runner_up,
-        delta=delta,
-        pvalue=test["pvalue"] if test else math.nan,
-        verdict=verdict(delta, significant, 1 if best in multilayer else -1),
-    )
-    return record
+    claim.runner_up = runner_up
+    claim.delta = tables.table1[best][category].score - tables.table1[runner_up][category].score
+    claim.pvalue = test["pvalue"] if test else math.nan
+    claim.significant = test is not None and test["pvalue"] < tables.settings["alpha"]
+    claim.seeds_measured = training_noise_measured(results, runner_up, best)
+    claim.verdict = verdict(claim.delta, claim.significant, 1 if best in multilayer else -1, claim.seeds_measured)
+    return claim
+
+
+# ============================================================================================== a study
+@dataclass
+class Findings:
+    """A study folder's results, its tables and what they let one conclude."""
+
+    results: StudyResults
+    tables: Tables
+    learning: dict[str, Learning]
+    comparison: PaperComparison | None
+
+    @property
+    def effect(self) -> Callable[[str], bool]:
+        return design_effect(self.learning, self.tables.reference)
+
+
+def analyse(folder: str | Path) -> Findings:
+    """Load a study folder and compute its tables, learning verdicts and the paper comparison."""
+    results = load_results(folder)
+    tables = compute_tables(results)
+    learning = learning_status(results, tables)
+    return Findings(results, tables, learning, paper_comparison(results, tables, learning))

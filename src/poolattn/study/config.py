@@ -172,6 +172,34 @@ class Study:
         }
 
 
+def study_from_dict(stored: Mapping[str, Any]) -> Study:
+    """The typed :class:`Study` of a stored config (``study.json``'s ``config``, :meth:`Study.to_dict`); tables
+    it lacks take their defaults and ``raw`` is the stored config itself. Raises ``ConfigError`` naming the key."""
+    train = dict(stored.get("train") or {})
+    adapt = dict(stored.get("adapt") or {})
+    adapt_designs = adapt.pop("designs", [])
+    return Study(
+        name=stored["name"],
+        description=stored.get("description", ""),
+        reference=stored["reference"],
+        seeds=list(stored["seeds"]),
+        designs=[build_dataclass(Design, dict(d), f"designs[{i}].") for i, d in enumerate(stored["designs"])],
+        model=build_dataclass(ModelSection, dict(stored.get("model") or {}), "model."),
+        data=build_dataclass(DataSection, dict(stored.get("data") or {}), "data."),
+        recipe=build_dataclass(RecipeSection, {k: v for k, v in train.items() if k not in TRAIN_OUTPUT_KEYS}, "train."),
+        output=build_dataclass(OutputSection, {k: v for k, v in train.items() if k in TRAIN_OUTPUT_KEYS}, "train."),
+        lora=build_dataclass(LoraSection, dict(stored.get("lora") or {}), "lora."),
+        eval=build_dataclass(EvalSection, dict(stored.get("eval") or {}), "eval."),
+        layers=build_dataclass(LayersSection, dict(stored.get("layers") or {}), "layers."),
+        stats=build_dataclass(StatsSection, dict(stored.get("stats") or {}), "stats."),
+        source=stored.get("source", ""),
+        raw=dict(stored),
+        overrides=list(stored.get("overrides") or []),
+        adapt=build_dataclass(AdaptConfig, adapt, "adapt.") if stored.get("adapt") else None,
+        adapt_designs=list(adapt_designs),
+    )
+
+
 def train_config(study: Study, design: Design, seed: int, backbone: str, out_dir: Path) -> TrainConfig:
     """The :class:`poolattn.training.TrainConfig` of one cell (raises ``ConfigError`` whose ``key`` names the
     training config's key, e.g. ``recipe.lr``)."""

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text_atomic
-from .results import CATEGORY_LABEL, StudyResults, Tables
+from .conclusions import Learning
+from .results import CATEGORY_LABEL, StudyResults, Table1Entry, Tables
 
 #: The study folder's sub-folder of exported tables.
 EXPORT_DIR = "results"
@@ -35,29 +36,27 @@ CSV_COLUMNS = (
 )
 
 
-def table1_records(
-    results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]
-) -> list[dict[str, Any]]:
+def table1_records(results: StudyResults, tables: Tables, learning: Mapping[str, Learning]) -> list[dict[str, Any]]:
     """One record per design and category: the numbers behind each Table 1 cell (NaN where not computed)."""
     records = []
     for name in tables.designs:
         spec = results.designs[name].spec
         for category in tables.categories:
             entry = tables.table1[name][category]
-            within = entry.get("within", {})
+            within = entry.within or {}
             records.append(
                 {
                     "design": name,
                     "attention": spec["attention"],
                     "pooling": spec["pooling"],
                     "trained": bool(spec.get("train", True)),
-                    "learning": learning[name]["status"],
+                    "learning": learning[name].status,
                     "category": category,
-                    "n_datasets": entry["n_datasets"],
-                    "score": entry["score"],
-                    "delta": entry.get("delta", math.nan),
-                    "marks": entry["marks"],
-                    "wilcoxon_p": entry.get("wilcoxon", {}).get("pvalue", math.nan),
+                    "n_datasets": entry.n_datasets,
+                    "score": entry.score,
+                    "delta": math.nan if entry.delta is None else entry.delta,
+                    "marks": entry.marks,
+                    "wilcoxon_p": (entry.wilcoxon or {}).get("pvalue", math.nan),
                     "permutation_p": within.get("pvalue", math.nan),
                     "permutation_p_holm": within.get("pvalue_holm", math.nan),
                     "ci_low": within.get("ci_low", math.nan),
@@ -91,11 +90,11 @@ def latex_escape(text: str) -> str:
     return "".join(special.get(c, c) for c in text)
 
 
-def latex_marks(marks: str) -> str:
-    return "".join({"*": "*", "†": r"\dagger"}[m] for m in marks)
+def latex_marks(entry: Table1Entry) -> str:
+    return "*" * entry.wilcoxon_significant + r"\dagger" * entry.significant
 
 
-def table1_latex(results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]) -> str:
+def table1_latex(results: StudyResults, tables: Tables, learning: Mapping[str, Learning]) -> str:
     """Table 1 as a booktabs ``tabular``: the reference absolute (bold), the others as Δ with the report's marks;
     a design that did not learn carries a circle and its Δ is in parentheses."""
     columns = "l" + "r" * len(tables.categories)
@@ -108,16 +107,16 @@ def table1_latex(results: StudyResults, tables: Tables, learning: Mapping[str, M
         r"\midrule",
     ]
     for name in tables.designs:
-        flagged = learning[name]["flagged"]
+        flagged = learning[name].flagged
         label = latex_escape(name) + (r"$^{\circ}$" if flagged else "")
         cells = []
         for category in tables.categories:
             entry = tables.table1[name][category]
             if name == tables.reference:
-                cells.append(rf"\textbf{{{entry['score']:.4f}}}")
+                cells.append(rf"\textbf{{{entry.score:.4f}}}")
                 continue
-            marks = latex_marks(entry["marks"])
-            value = f"{entry['delta']:+.4f}" + (f"^{{{marks}}}" if marks else "")
+            marks = latex_marks(entry)
+            value = f"{entry.delta:+.4f}" + (f"^{{{marks}}}" if marks else "")
             cells.append(f"(${value}$)" if flagged else f"${value}$")
         lines.append(" & ".join([rf"\textbf{{{label}}}" if name == tables.reference else label, *cells]) + r" \\")
     alpha = tables.settings["alpha"]
@@ -133,7 +132,7 @@ def table1_latex(results: StudyResults, tables: Tables, learning: Mapping[str, M
 
 
 def write_table1(
-    folder: Path, results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]
+    folder: Path, results: StudyResults, tables: Tables, learning: Mapping[str, Learning]
 ) -> tuple[Path, Path]:
     """Write ``results/table1.csv`` and ``results/table1.tex`` (each atomically); returns their paths."""
     csv_path, tex_path = folder / EXPORT_DIR / "table1.csv", folder / EXPORT_DIR / "table1.tex"

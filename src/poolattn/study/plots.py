@@ -49,9 +49,9 @@ def plot_deltas(tables: Tables, path: Path) -> Path | None:
     x = np.arange(len(tables.categories))
     for i, name in enumerate(others):
         entries = [tables.table1[name][c] for c in tables.categories]
-        deltas = np.array([e["delta"] for e in entries])
-        lows = np.array([e.get("within", {}).get("ci_low", np.nan) for e in entries])
-        highs = np.array([e.get("within", {}).get("ci_high", np.nan) for e in entries])
+        deltas = np.array([e.delta for e in entries])
+        lows = np.array([(e.within or {}).get("ci_low", np.nan) for e in entries])
+        highs = np.array([(e.within or {}).get("ci_high", np.nan) for e in entries])
         errors = np.vstack([np.clip(deltas - lows, 0, None), np.clip(highs - deltas, 0, None)])
         ax.bar(
             x + (i - (len(others) - 1) / 2) * width,

@@ -15,6 +15,7 @@ import math
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ import numpy as np
 from markdown_it import MarkdownIt
 
 from ..io import write_text_atomic
-from .conclusions import learning_status, paper_comparison
+from .conclusions import Findings, Learning, analyse
 from .export import EXPORT_DIR, write_table1
 from .markdown import fmt, fmt_p, md_table
+from .noise import VarianceBudget, section_budget, variance_budget
 from .plots import PLOTS, plot_cka, plot_deltas, plot_layer_quality, plot_losses
-from .results import CATEGORY_LABEL, StudyResults, Tables, compute_tables, layer_category_curves, load_results
+from .ranking import RankingComparison, SeedWins, compare_rankings, section_comparison, section_seed_wins, seed_wins
+from .results import CATEGORY_LABEL, StudyResults, Tables, layer_category_curves
 from .sections import power_note, section_paper, section_training, seeds_note
 
 #: How ``eval.precision`` (resolved when the config is read) runs the evaluation's forward passes.
@@ -34,6 +37,17 @@ EVAL_PRECISION = {
     "bf16": "bf16 (bfloat16 autocast)",
     "fp32": "fp32 (the model's dtype, no autocast)",
     "auto": "auto (bf16 where native, else fp32; not resolved in this folder)",
+}
+#: Derived values written beside a dataclass's fields in ``results.json``.
+JSON_PROPERTIES = {
+    "Table1Entry": ("marks",),
+    "BudgetEntry": ("seed_share",),
+    "SeedWins": ("share",),
+    "CategoryRanking": ("same_best",),
+    "ResolvedCheck": ("agree",),
+    "ClaimCheck": ("agree",),
+    "RankingComparison": ("agree",),
+    "Claim": ("resolved",),
 }
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -96,12 +110,12 @@ def start_line(results: StudyResults) -> str:
     )
 
 
-def row_label(name: str, tables: Tables, learning: Mapping[str, Mapping[str, Any]]) -> str:
+def row_label(name: str, tables: Tables, learning: Mapping[str, Learning]) -> str:
     label = f"**{name}**" if name == tables.reference else name
-    return label + (" (did not learn)" if learning[name]["flagged"] else "")
+    return label + (" (did not learn)" if learning[name].flagged else "")
 
 
-def section_table1(results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]) -> str:
+def section_table1(results: StudyResults, tables: Tables, learning: Mapping[str, Learning]) -> str:
     header = ["", *(CATEGORY_LABEL.get(c, c) for c in tables.categories)]
     rows = []
     for name in tables.designs:
@@ -109,23 +123,23 @@ def section_table1(results: StudyResults, tables: Tables, learning: Mapping[str,
         for category in tables.categories:
             entry = tables.table1[name][category]
             if name == tables.reference:
-                cells.append(f"**{fmt(entry['score'])}**")
+                cells.append(f"**{fmt(entry.score)}**")
             else:
-                value = f"{fmt(entry['delta'], signed=True)}{entry['marks']}"
-                cells.append(f"({value})" if learning[name]["flagged"] else value)
+                value = f"{fmt(entry.delta, signed=True)}{entry.marks}"
+                cells.append(f"({value})" if learning[name].flagged else value)
         rows.append([row_label(name, tables, learning), *cells])
     counts = ", ".join(
-        f"{CATEGORY_LABEL.get(c, c)} {tables.table1[tables.reference][c]['n_datasets']}" for c in tables.categories
+        f"{CATEGORY_LABEL.get(c, c)} {tables.table1[tables.reference][c].n_datasets}" for c in tables.categories
     )
     alpha = tables.settings["alpha"]
-    n_tests = sum("within" in tables.table1[d][c] for d in tables.designs for c in tables.categories)
+    n_tests = sum(tables.table1[d][c].within is not None for d in tables.designs for c in tables.categories)
     unreachable = sorted(
         {
             c
             for d in tables.designs
             if d != tables.reference
             for c in tables.categories
-            if tables.table1[d][c]["wilcoxon"]["min_attainable_p"] >= alpha
+            if (tables.table1[d][c].wilcoxon or {}).get("min_attainable_p", 1.0) >= alpha
         },
         key=tables.categories.index,
     )
@@ -136,11 +150,17 @@ def section_table1(results: StudyResults, tables: Tables, learning: Mapping[str,
         "the paper's test.",
         f"`†` paired permutation test within the datasets (each sample's scores swapped between the two designs, "
         f"statistic = the category's mean Δ, {tables.settings['n_resamples']} resamples), Holm-corrected over all "
-        f"{n_tests} comparisons of this table, p < {alpha:g}.",
+        f"{n_tests} comparisons of this table, p < {alpha:g}."
+        + (
+            " With one training seed every `†` is a difference between these two trained models (this seed, this "
+            "machine's arithmetic), not between the designs: how far Δ moves with another seed is not in the test."
+            if tables.single_seed
+            else ""
+        ),
     ]
     if unreachable:
         names = ", ".join(
-            f"{CATEGORY_LABEL.get(c, c)} (n = {tables.table1[tables.reference][c]['n_datasets']})" for c in unreachable
+            f"{CATEGORY_LABEL.get(c, c)} (n = {tables.table1[tables.reference][c].n_datasets})" for c in unreachable
         )
         notes.append(
             f"With too few datasets `*` cannot occur: the smallest two-sided Wilcoxon p with n datasets is 2/2^n, "
@@ -149,7 +169,7 @@ def section_table1(results: StudyResults, tables: Tables, learning: Mapping[str,
     floor = resolution_note(tables.settings["n_resamples"], n_tests, alpha)
     if floor:
         notes.append(floor)
-    flagged = [n for n in tables.designs if learning[n]["flagged"]]
+    flagged = [n for n in tables.designs if learning[n].flagged]
     if flagged:
         notes.append(
             f"(did not learn): {', '.join(flagged)} — see “Did training learn?” below. Their Δ (in parentheses) "
@@ -375,12 +395,13 @@ def section_environment(results: StudyResults) -> str:
 
 
 def render_markdown(
-    results: StudyResults,
-    tables: Tables,
+    findings: Findings,
     plots: Mapping[str, Path | None],
-    learning: Mapping[str, Mapping[str, Any]],
-    comparison: Mapping[str, Any] | None,
+    budget: VarianceBudget,
+    wins: Mapping[str, Mapping[str, SeedWins]],
+    compared: tuple[RankingComparison, Findings] | None = None,
 ) -> str:
+    results, tables, learning = findings.results, findings.tables, findings.learning
     config = results.config
     evaluation = config["eval"]
     suite = (
@@ -400,10 +421,16 @@ def render_markdown(
     if plots.get("deltas"):
         parts.append(f"![Δ per category]({PLOTS}/{plots['deltas'].name})")  # type: ignore[union-attr]
     parts.append(f"Also as `{EXPORT_DIR}/table1.csv` (every number behind each cell) and `{EXPORT_DIR}/table1.tex`.")
+    parts += ["## Where the uncertainty comes from", section_budget(budget)]
+    ranking = [section_seed_wins(findings, wins)]
+    if compared is not None:
+        ranking.append(section_comparison(compared[0], findings, compared[1]))
+    if any(ranking):
+        parts += ["## Does the ranking hold?", *ranking]
     training = section_training(results, tables, learning)
     if training:
         parts += ["## Did training learn?", training]
-    parts += ["## Direction of the paper's findings vs ours", section_paper(comparison, tables.settings["alpha"])]
+    parts += ["## Direction of the paper's findings vs ours", section_paper(findings.comparison, tables)]
     parts += ["## Per dataset", section_per_dataset(tables)]
     seeds = section_seeds(results, tables)
     if seeds:
@@ -452,14 +479,16 @@ def render_html(markdown: str, folder: Path, title: str) -> str:
     )
 
 
-def render_report(folder: str | Path) -> Path:
+def render_report(folder: str | Path, compare: str | Path | None = None) -> Path:
     """Re-render ``report.md``, ``report.html``, ``results.json`` and the plots from a study folder's stored
-    results; returns the path of ``report.md``."""
+    results; ``compare``: a second study folder whose ranking is put beside this one's. Returns ``report.md``."""
     folder = Path(folder)
-    results = load_results(folder)
-    tables = compute_tables(results)
-    learning = learning_status(results, tables)
-    comparison = paper_comparison(results, tables, learning)
+    findings = analyse(folder)
+    results, tables, learning = findings.results, findings.tables, findings.learning
+    other = analyse(compare) if compare is not None else None
+    compared = (compare_rankings(findings, other), other) if other is not None else None
+    budget = variance_budget(results, tables)
+    wins = seed_wins(findings)
     plot_dir = folder / PLOTS
     plots: dict[str, Path | None] = {
         "deltas": plot_deltas(tables, plot_dir / "delta_by_category.png"),
@@ -468,18 +497,32 @@ def render_report(folder: str | Path) -> Path:
         "layer_cka": plot_cka(results.layers, plot_dir / "layer_cka.png") if results.layers else None,
     }
     payload = {
-        **tables.to_dict(),
+        **plain(tables),
         "learning": learning,
-        "paper_comparison": comparison,
+        "paper_comparison": findings.comparison,
+        "variance_budget": budget,
+        "ranking": {"seed_wins": wins, "comparison": compared and compared[0]},
         "missing": results.missing,
         "layers": results.layers and {k: v for k, v in results.layers.items() if k != "cka"},
     }
-    write_text_atomic(folder / RESULTS_JSON, json.dumps(payload, indent=1, default=_jsonable) + "\n")
+    write_text_atomic(folder / RESULTS_JSON, json.dumps(plain(payload), indent=1, default=_jsonable) + "\n")
     write_table1(folder, results, tables, learning)
-    markdown = render_markdown(results, tables, plots, learning, comparison)
+    markdown = render_markdown(findings, plots, budget, wins, compared)
     write_text_atomic(folder / REPORT_MD, markdown)
     write_text_atomic(folder / REPORT_HTML, render_html(markdown, folder, f"poolattn study: {results.config['name']}"))
     return folder / REPORT_MD
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses (with their :data:`JSON_PROPERTIES`), dicts, lists and tuples as plain JSON data."""
+    if is_dataclass(value) and not isinstance(value, type):
+        names = [f.name for f in fields(value)] + list(JSON_PROPERTIES.get(type(value).__name__, ()))
+        return {k: plain(getattr(value, k)) for k in names}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

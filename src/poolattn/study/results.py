@@ -8,7 +8,8 @@ tables from it. Differences are always design − reference:
   others as Δ. ``*`` = Wilcoxon signed-rank test over the category's datasets (the paper's test);
   ``†`` = stratified paired permutation test within the datasets (samples swapped between the two designs inside
   each dataset, statistic = the category's mean Δ; :func:`poolattn.stats.compare_category`), Holm-corrected over
-  every comparison of the table.
+  every comparison of the table. Each cell is a :class:`Table1Entry` whose ``significant`` (†) and
+  ``seeds_measured`` decide what it supports; its marks are rendered from them, never read back.
 * Per dataset: each design's main score, Δ with a paired bootstrap CI, the paired permutation p-value and its
   Holm-adjusted value over every per-dataset comparison (:func:`poolattn.stats.compare_within_dataset`).
 * Several seeds: scores are averaged over seeds first (per-sample values too), and mean ± CI over seeds is shown;
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import numpy as np
 from .. import stats
 from ..io import read_json
 from ..training.config import SUMMARY_FILE
+from .config import Study, study_from_dict
 
 #: Category order: the paper's four first, then the others the suite has.
 CATEGORY_ORDER = ("sts", "classification", "retrieval", "clustering", "pair_classification", "reranking")
@@ -86,6 +89,11 @@ class StudyResults:
     @property
     def config(self) -> dict[str, Any]:
         return self.study["config"]
+
+    @cached_property
+    def typed_config(self) -> Study:
+        """The stored config read back into the typed :class:`~poolattn.study.config.Study`."""
+        return study_from_dict(self.config)
 
     @property
     def reference(self) -> str:
@@ -187,6 +195,34 @@ def ordered_categories(categories: Iterable[str]) -> list[str]:
 
 
 @dataclass
+class Table1Entry:
+    """One cell of Table 1: a design's category score and, for a design other than the reference, its Δ and tests.
+
+    ``significant``: the † test (within-dataset permutation, Holm over the table) below alpha;
+    ``wilcoxon_significant``: the paper's * test below alpha; ``seeds_measured``: the Δ's training noise is in the
+    test (several seeds, or neither design trains), so a † is about the designs rather than two trained models.
+    """
+
+    score: float
+    n_datasets: int
+    delta: float | None = None
+    wilcoxon: dict[str, Any] | None = None
+    within: dict[str, Any] | None = None
+    significant: bool = False
+    wilcoxon_significant: bool = False
+    seeds_measured: bool = True
+
+    @property
+    def marks(self) -> str:
+        return "*" * self.wilcoxon_significant + "†" * self.significant
+
+    @property
+    def design_level(self) -> bool:
+        """A † that speaks about the designs: significant with the training noise measured."""
+        return self.significant and self.seeds_measured
+
+
+@dataclass
 class Tables:
     """All numbers of the report."""
 
@@ -194,14 +230,16 @@ class Tables:
     designs: list[str]
     categories: list[str]
     tasks: dict[str, str]  # task -> category (the datasets every design has)
-    table1: dict[str, dict[str, dict[str, Any]]]  # design -> category -> entry
+    table1: dict[str, dict[str, Table1Entry]]  # design -> category -> entry
     per_dataset: list[dict[str, Any]]
     seeds: dict[str, dict[str, dict[str, float]]]  # design -> category -> seed summary
     settings: dict[str, Any]
     power: dict[str, dict[str, Any]] = field(default_factory=dict)  # category -> minimum detectable effects
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def single_seed(self) -> bool:
+        """Whether some Δ of Table 1 lacks its training noise (a trained design with one seed)."""
+        return any(not e.seeds_measured for row in self.table1.values() for e in row.values() if e.delta is not None)
 
 
 def compute_tables(results: StudyResults) -> Tables:
@@ -217,39 +255,32 @@ def compute_tables(results: StudyResults) -> Tables:
     tasks = {t: s.category for t, s in ref.tasks.items() if all(t in results.designs[d].tasks for d in designs)}
     categories = ordered_categories(tasks.values())
     by_category = {c: [t for t, cat in tasks.items() if cat == c] for c in categories}
-    table1: dict[str, dict[str, dict[str, Any]]] = {}
+    table1: dict[str, dict[str, Table1Entry]] = {}
     for name in designs:
         design = results.designs[name]
         table1[name] = {}
         for category in categories:
             names = by_category[category]
-            score = float(np.mean([design.tasks[t].score for t in names]))
-            entry: dict[str, Any] = {"score": score, "n_datasets": len(names)}
+            entry = Table1Entry(score=float(np.mean([design.tasks[t].score for t in names])), n_datasets=len(names))
             if name != reference:
                 ref_scores = [ref.tasks[t].score for t in names]
                 own = [design.tasks[t].score for t in names]
-                entry["delta"] = score - float(np.mean(ref_scores))
-                entry["wilcoxon"] = wilcoxon_entry(ref_scores, own, alpha)
-                within = compare_designs(results, reference, name, names, settings)
-                if within is not None:
-                    entry["within"] = within
+                entry.delta = entry.score - float(np.mean(ref_scores))
+                entry.wilcoxon = wilcoxon_entry(ref_scores, own, alpha)
+                entry.wilcoxon_significant = bool(stats.significance_mark(entry.wilcoxon["pvalue"], alpha))
+                entry.within = compare_designs(results, reference, name, names, settings)
+                entry.seeds_measured = training_noise_measured(results, reference, name)
             table1[name][category] = entry
-    within = [(d, c) for d in designs for c in categories if "within" in table1[d][c]]
-    for (d, c), adjusted in zip(within, stats.holm([table1[d][c]["within"]["pvalue"] for d, c in within]), strict=True):
-        table1[d][c]["within"]["pvalue_holm"] = float(adjusted)
+    within = [(d, c) for d in designs for c in categories if table1[d][c].within is not None]
+    holm = stats.holm([table1[d][c].within["pvalue"] for d, c in within])  # type: ignore[index]
     level = alpha / max(1, len(within))  # the level Holm's first step asks of a lone true difference
-    for d, c in within:
-        test = table1[d][c]["within"]
+    for (d, c), adjusted in zip(within, holm, strict=True):
+        entry = table1[d][c]
+        test = entry.within
+        assert test is not None
+        test["pvalue_holm"] = float(adjusted)
         test["mde"] = stats.minimum_detectable_effect(test["se_total"], alpha=level, power=POWER, df=test["df"])
-    for name in designs:
-        for category in categories:
-            entry = table1[name][category]
-            if name == reference:
-                entry["marks"] = ""
-                continue
-            star = stats.significance_mark(entry["wilcoxon"]["pvalue"], alpha)
-            dagger = "†" if entry.get("within", {}).get("pvalue_holm", 1.0) < alpha else ""
-            entry["marks"] = star + dagger
+        entry.significant = bool(adjusted < alpha)
     per_dataset = per_dataset_rows(results, designs, tasks, n_resamples=n_resamples, seed=seed, confidence=confidence)
     return Tables(
         reference=reference,
@@ -262,6 +293,13 @@ def compute_tables(results: StudyResults) -> Tables:
         settings=dict(settings),
         power=power_summary(table1, categories, alpha=alpha, n_tests=len(within)),
     )
+
+
+def training_noise_measured(results: StudyResults, a: str, b: str) -> bool:
+    """Whether the Δ of ``b`` against ``a`` has its training noise in the test: neither design trains, or they
+    were trained with several seeds."""
+    trained = [d for d in (a, b) if results.designs[d].spec.get("train", True)]
+    return not trained or all(len(results.designs[d].seed_tasks) > 1 for d in trained)
 
 
 def compare_designs(
@@ -299,13 +337,13 @@ def seed_deltas(results: StudyResults, a: str, b: str, names: Sequence[str]) -> 
 
 
 def power_summary(
-    table1: Mapping[str, Mapping[str, Mapping[str, Any]]], categories: Sequence[str], *, alpha: float, n_tests: int
+    table1: Mapping[str, Mapping[str, Table1Entry]], categories: Sequence[str], *, alpha: float, n_tests: int
 ) -> dict[str, dict[str, Any]]:
     """Per category: the median and range over designs of the † test's minimum detectable effect."""
     out: dict[str, dict[str, Any]] = {}
     for category in categories:
-        mdes = [e[category]["within"]["mde"] for e in table1.values() if "within" in e[category]]
-        mdes = [m for m in mdes if math.isfinite(m)]
+        tests = [e[category].within for e in table1.values()]
+        mdes = [t["mde"] for t in tests if t is not None and math.isfinite(t["mde"])]
         if mdes:
             out[category] = {
                 "median": float(np.median(mdes)),

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from .conclusions import LEARNED_CHANCE_RATIO, LEARNED_MIN_DROP
+from .conclusions import LEARNED_CHANCE_RATIO, LEARNED_MIN_DROP, Claim, Learning, PaperComparison, PaperRow
 from .markdown import fmt, fmt_p, md_table
 from .results import CATEGORY_LABEL, StudyResults, Tables
 
@@ -19,7 +18,7 @@ def power_note(tables: Tables) -> str:
     if not tables.power:
         return ""
     first = next(iter(tables.power.values()))
-    n_tests = sum("within" in tables.table1[d][c] for d in tables.designs for c in tables.categories)
+    n_tests = sum(tables.table1[d][c].within is not None for d in tables.designs for c in tables.categories)
     spread = any(p["max"] - p["min"] >= 5e-4 for p in tables.power.values())
     spans = ", ".join(
         f"{CATEGORY_LABEL.get(c, c)} {fmt(p['median'], 3)}"
@@ -39,7 +38,7 @@ def power_note(tables: Tables) -> str:
 
 def any_seed_spread(tables: Tables) -> bool:
     return any(
-        tables.table1[d][c].get("within", {}).get("n_seeds", 1) > 1 for d in tables.designs for c in tables.categories
+        (tables.table1[d][c].within or {}).get("n_seeds", 1) > 1 for d in tables.designs for c in tables.categories
     )
 
 
@@ -60,29 +59,29 @@ def seeds_note(results: StudyResults) -> str:
     )
 
 
-def section_training(results: StudyResults, tables: Tables, learning: Mapping[str, Mapping[str, Any]]) -> str:
+def section_training(results: StudyResults, tables: Tables, learning: Mapping[str, Learning]) -> str:
     """Per trained design: held-out InfoNCE and top-1 before and after training against chance, and the trained
     model against its untrained twin on the suite."""
-    trained = [n for n in tables.designs if learning[n]["status"] != "untrained"]
+    trained = [n for n in tables.designs if learning[n].status != "untrained"]
     if not trained:
         return ""
 
     def mean(name: str, key: str) -> float:
-        values = [learning[name]["seeds"][s][key] for s in learning[name]["measured_seeds"]]
+        values = [getattr(learning[name].seeds[s], key) for s in learning[name].measured_seeds]
         return float(np.mean(values)) if values else math.nan
 
     rows = []
     for name in trained:
         info = learning[name]
-        status = info["status"]
-        if info["failed_seeds"] and len(info["measured_seeds"]) > 1:
-            status += f" (seed {', '.join(info['failed_seeds'])} of {len(info['measured_seeds'])})"
-        reasons = "; ".join(r for s in info["failed_seeds"] for r in info["seeds"][s]["reasons"])
-        measured = bool(info["measured_seeds"])
+        status = info.status
+        if info.failed_seeds and len(info.measured_seeds) > 1:
+            status += f" (seed {', '.join(info.failed_seeds)} of {len(info.measured_seeds)})"
+        reasons = "; ".join(r for s in info.failed_seeds for r in info.seeds[s].reasons)
+        measured = bool(info.measured_seeds)
         rows.append(
             [
                 name,
-                f"**{status}**" if info["flagged"] else status,
+                f"**{status}**" if info.flagged else status,
                 f"{fmt(mean(name, 'before_loss'), 3)} → {fmt(mean(name, 'after_loss'), 3)}" if measured else "—",
                 fmt(mean(name, "chance_loss"), 3) if measured else "—",
                 fmt(mean(name, "ratio"), 2) if measured else "—",
@@ -104,60 +103,61 @@ def section_training(results: StudyResults, tables: Tables, learning: Mapping[st
         "below the same model's before its first step; held-out records are set aside from training "
         "(`data.heldout`) and scored in batches of the training batch size. Means over the measured seeds.",
     ]
-    if any(learning[n]["status"] == "not measured" for n in trained):
+    if any(learning[n].status == "not measured" for n in trained):
         notes.append(
             "not measured: the training summary holds no held-out numbers (a study run without `data.heldout`, or "
             "one written before they existed); whether those designs learned is unknown."
         )
     for name in trained:
-        twin = learning[name]["twin"]
-        if not twin:
+        twin = learning[name].twin
+        if twin is None:
             continue
+        groups = twin.groups
         parts = ", ".join(
-            f"{CATEGORY_LABEL.get(c, c)} {fmt(twin[c]['delta'], signed=True)} (p {fmt_p(twin[c]['pvalue'])})"
+            f"{CATEGORY_LABEL.get(c, c)} {fmt(groups[c]['delta'], signed=True)} (p {fmt_p(groups[c]['pvalue'])})"
             for c in tables.categories
         )
         notes.append(
-            f"{name} against its untrained twin {twin['design']} (same attention, pooling and options) on the suite: "
-            f"Δ {fmt(twin['all']['delta'], signed=True)} over all {len(tables.tasks)} datasets "
-            f"(p {fmt_p(twin['all']['pvalue'])}, `†` test, uncorrected); {parts}."
+            f"{name} against its untrained twin {twin.design} (same attention, pooling and options) on the suite: "
+            f"Δ {fmt(groups['all']['delta'], signed=True)} over all {len(tables.tasks)} datasets "
+            f"(p {fmt_p(groups['all']['pvalue'])}, `†` test, uncorrected); {parts}."
         )
     return table + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def section_paper(comparison: Mapping[str, Any] | None, alpha: float) -> str:
+def section_paper(comparison: PaperComparison | None, tables: Tables) -> str:
     if comparison is None:
         return (
             "The reference design is not the paper's M1 (trained EOS pooling, causal attention), so the directions "
             "cannot be compared design by design."
         )
-    rows = comparison["rows"]
-    why = "did not learn" if comparison["reference_learned"] else "the reference did not learn"
+    alpha = tables.settings["alpha"]
+    why = "did not learn" if comparison.reference_learned else "the reference did not learn"
 
-    def reading(r: Mapping[str, Any]) -> str:
-        if not r["design_effect"]:
+    def reading(r: PaperRow) -> str:
+        if not r.design_effect:
             return f"not a design effect ({why})"
-        if not r["counted"]:
+        if not r.counted:
             return "variant, not counted"
-        return "counted" + ("" if r["exact_head"] else " (project's head, not the paper's)")
+        return "counted" + ("" if r.exact_head else " (project's head, not the paper's)")
 
     table = md_table(
         ["ours", "paper", "category", "paper Δ", "our Δ", "same direction", "reading"],
         [
             [
-                r["design"],
-                r["paper_design"],
-                CATEGORY_LABEL.get(r["category"], r["category"]),
-                f"{fmt(r['paper_delta'], signed=True)}{'*' if r['paper_significant'] else ''}",
-                f"{fmt(r['delta'], signed=True)}{r['marks']}",
-                "yes" if r["agree"] else "**no**",
+                r.design,
+                r.paper_design,
+                CATEGORY_LABEL.get(r.category, r.category),
+                f"{fmt(r.paper_delta, signed=True)}{'*' if r.paper_significant else ''}",
+                f"{fmt(r.delta, signed=True)}{tables.table1[r.design][r.category].marks}",
+                "yes" if r.agree else "**no**",
                 reading(r),
             ]
-            for r in rows
+            for r in comparison.rows
         ],
         "lllrrll",
     )
-    sign, sign_sig = comparison["sign_test"], comparison["sign_test_paper_significant"]
+    sign, sign_sig = comparison.sign_test, comparison.sign_test_paper_significant
     if sign["n"]:
         agreement = (
             f"The sign of Δ agrees with the paper in **{sign['k']} of {sign['n']}** counted design × category "
@@ -174,30 +174,46 @@ def section_paper(comparison: Mapping[str, Any] | None, alpha: float) -> str:
         )
     else:
         agreement = "No comparison is counted: every matching design's Δ is not a design effect."
-    if comparison["not_counted"]:
-        agreement += f" Not counted ({why}): {', '.join(comparison['not_counted'])}."
+    if comparison.not_counted:
+        agreement += f" Not counted ({why}): {', '.join(comparison.not_counted)}."
     lines = [
         f"A claim **holds** or is **contradicted** here only where our `†` test is significant (Holm, p < {alpha:g}; "
-        "the best-design claims: the best design against the best of the other group, one test, uncorrected); "
-        "otherwise it is **not resolved**."
+        "the best-design claims: the best design against the best of the other group, one test, uncorrected) with "
+        "the training noise in it (several seeds); otherwise it is **not resolved**."
     ]
-    for claim in comparison["claims"]:
-        if "best" in claim and claim.get("runner_up"):
-            detail = (
-                f"best {claim['best']}, {fmt(claim['delta'], signed=True)} over {claim['runner_up']} "
-                f"(p {fmt_p(claim['pvalue'])})"
-            )
-        elif "best" in claim:
-            detail = f"best {claim['best']}, nothing to compare it with"
-        else:
-            detail = ", ".join(
-                f"{n} {fmt(d['delta'], signed=True)}: {d['verdict']}" for n, d in claim["designs"].items()
-            )
-        if claim["excluded"]:
-            detail += ("; " if detail else "") + f"left out ({why}): {', '.join(claim['excluded'])}"
-        lines.append(f"- Paper: *{claim['claim']}* — here: **{claim['verdict']}** ({detail or 'no design'}).")
+    if tables.single_seed:
+        lines.append(
+            "With one training seed a significant Δ is a difference between two trained models, not between two "
+            "designs (another seed, or the same seed on another machine, may reverse it): every design claim below "
+            "is **not resolved** until the study runs several seeds."
+        )
+    for claim in comparison.claims:
+        lines.append(f"- Paper: *{claim.claim}* — here: **{claim.verdict}** ({claim_detail(claim, why)}).")
     lines.append(
         "\nThe backbone, training and evaluation suite differ from the paper's, so agreement or disagreement here is "
         "evidence about this set-up, not a replication of the paper."
     )
     return agreement + "\n\n" + table + "\n\n" + "\n".join(lines)
+
+
+def claim_detail(claim: Claim, why: str) -> str:
+    """The evidence behind a claim's verdict, in words."""
+
+    def models(significant: bool, seeds_measured: bool) -> str:
+        return " (significant between these two trained models, one seed)" if significant and not seeds_measured else ""
+
+    if claim.kind == "best" and claim.runner_up:
+        detail = (
+            f"best {claim.best}, {fmt(claim.delta, signed=True)} over {claim.runner_up} (p {fmt_p(claim.pvalue)})"
+            + models(claim.significant, claim.seeds_measured)
+        )
+    elif claim.kind == "best":
+        detail = f"best {claim.best}, nothing to compare it with"
+    else:
+        detail = ", ".join(
+            f"{n} {fmt(d.delta, signed=True)}: {d.verdict}{models(d.significant, d.seeds_measured)}"
+            for n, d in claim.designs.items()
+        )
+    if claim.excluded:
+        detail += ("; " if detail else "") + f"left out ({why}): {', '.join(claim.excluded)}"
+    return detail or "no design"
