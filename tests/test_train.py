@@ -193,7 +193,7 @@ def test_non_finite_weights_are_never_checkpointed_or_saved(tiny_llama, tmp_path
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_bit_for_bit(tiny_llama, tmp_path):
+def test_killed_run_resumes_bit_for_bit(tiny_llama, tmp_path, monkeypatch):
     """SIGKILL a run after a checkpoint, rerun it, and get exactly the weights of an uninterrupted run."""
     data_file = tmp_path / "records.jsonl"
     data_file.write_text("".join(json.dumps(r.__dict__) + "\n" for r in make_records(24, seed=4)))
@@ -228,6 +228,7 @@ def test_killed_run_resumes_bit_for_bit(tiny_llama, tmp_path):
     resumed = subprocess.run([*command, f"--set=output.dir={killed}"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
+    monkeypatch.setenv("POOLATTN_THREADS", "1")  # as many threads as the processes above had
     reference = train(load_train_config(None, [*settings, f"output.dir={tmp_path / 'ref'}"]), progress=False)
     got, want = saved_weights(killed / "model"), saved_weights(reference.model_dir)
     assert got.keys() == want.keys()

@@ -8,7 +8,9 @@ such process beside it (6.5x, where sharing explains 2x). So every poolattn proc
   ``POOLATTN_THREADS`` or ``OMP_NUM_THREADS`` where set (:func:`usable_cores`);
 - registers itself in a folder of live processes (a file it holds locked; a killed process's lock goes with
   it), and divides the budget by the number of live poolattn processes whose cores overlap its own
-  (:func:`thread_budget`), re-read at every training step and every encode call (:func:`apply_budget`);
+  (:func:`thread_budget`), re-read at every encode call (:func:`apply_budget`); a training run takes its
+  share once, when it starts, and keeps it (its checkpoints record it, so a resumed run computes as the
+  uninterrupted one: the number of threads changes the rounding of sums);
 - gives torch's intra-op pool, the encode workers and the tokenizers that one number.
 
 ``POOLATTN_THREADS`` fixes the budget (no sharing); ``POOLATTN_SHARE_THREADS=0`` keeps the cores' count
@@ -183,6 +185,14 @@ def apply_budget() -> int:
     if torch.get_num_threads() != budget:
         torch.set_num_threads(budget)
     return budget
+
+
+def pin_threads(n: int) -> None:
+    """Run torch's intra-op pool on ``n`` threads (a training run keeps the count it started with)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def configure_environment() -> None:

@@ -39,7 +39,7 @@ from ..data import DataOrder, TrainRecord
 from ..io import now, read_json, write_json_atomic
 from ..model import EmbeddingModel, replace_dir
 from ..outputs import make_temp, owned_run
-from ..threads import apply_budget
+from ..threads import apply_budget, pin_threads
 from .adapt_config import ADAPT_CONFIG_FILE, ADAPT_LOG, ADAPT_SUMMARY, AdaptConfig, AdaptTexts, adapt_texts
 from .adapt_config import write_adapt_config as write_config
 from .checkpoints import checkpoints, rng_state, set_rng_state
@@ -96,6 +96,8 @@ class MNTPRun:
         )
         self.order = DataOrder(len(texts.train), config.batch_size, config.seed)
         self.fingerprint = texts.fingerprint()
+        # taken once and kept by the run and its resumption: the number of threads changes the weights' rounding
+        self.threads = apply_budget() if self.device.type == "cpu" else torch.get_num_threads()
         self.step, self.wall, self.log_offset = 0, 0.0, 0
         self.losses: list[float] = []
         self.heldout: dict[str, Any] = {}
@@ -118,8 +120,7 @@ class MNTPRun:
             ProgressDisplay(self.config.steps, self.step, enabled=self.progress) as display,
         ):
             while self.step < self.config.steps:
-                if self.device.type == "cpu":
-                    apply_budget()  # the live poolattn processes on these cores share them
+                pin_threads(self.threads)
                 record = self.train_step()
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
@@ -190,6 +191,7 @@ class MNTPRun:
             "config_hash": self.config.hash(),
             "texts_fingerprint": self.fingerprint,
             "heldout": self.heldout,
+            "threads": self.threads,
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -219,6 +221,7 @@ class MNTPRun:
         set_rng_state(torch.load(path / "rng.pt", weights_only=True), self.device)
         self.step, self.wall, self.log_offset = step, state["wall_seconds"], state["log_offset"]
         self.heldout = state.get("heldout") or {}
+        self.threads = int(state.get("threads") or self.threads)
         self.losses = read_losses(self.log_path, self.log_offset)
         log.info("resuming MNTP from %s (step %d of %d)", path, step, self.config.steps)
 

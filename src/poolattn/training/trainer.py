@@ -32,7 +32,7 @@ from ..data import DataError, DataOrder, ReadResult, TrainRecord
 from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..model import EmbeddingModel
 from ..outputs import OutputError, check_free_space, owned_run, save_failure
-from ..threads import apply_budget
+from ..threads import apply_budget, pin_threads
 from .checkpoints import checkpoints, rng_state, set_rng_state
 from .config import (
     CHECKPOINT_DIR,
@@ -224,6 +224,9 @@ class Trainer:
             module=self.wrapped,
         )
         self.fingerprint = fingerprint(self.records)
+        # this process's share of the cores, taken once: the run (and a resumed run, from its checkpoint) keeps
+        # it, since the number of threads changes the sums' rounding and so the weights
+        self.threads = apply_budget() if self.dist.device.type == "cpu" else torch.get_num_threads()
         self.step = 0
         self.wall = 0.0
         self.log_offset = 0
@@ -262,8 +265,7 @@ class Trainer:
             ProgressDisplay(self.total_steps, self.step, enabled=self.progress) as display,
         ):
             while self.step < self.total_steps:
-                if self.dist.device.type == "cpu":
-                    apply_budget()  # the live poolattn processes on these cores share them
+                pin_threads(self.threads)
                 record = self.train_step()
                 if log_file is not None:  # the main process alone logs
                     log_file.write(json.dumps(record) + "\n")
@@ -489,6 +491,7 @@ class Trainer:
                 "config_hash": self.config.hash(),
                 "data_fingerprint": self.fingerprint,
                 "world_size": self.dist.world,
+                "threads": self.threads,
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
@@ -528,6 +531,7 @@ class Trainer:
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", **load))
         self.scaler.load_state_dict(torch.load(path / "scaler.pt", **load))
         set_rng_state(torch.load(path / f"rng-{self.dist.rank}.pt", weights_only=True), self.dist.device)
+        self.threads = int(state.get("threads") or self.threads)
         self.step, self.wall, self.log_offset = step, state["wall_seconds"], state["log_offset"]
         self.losses = read_losses(self.log_path, self.log_offset)
         if self.dist.is_main:
