@@ -482,6 +482,61 @@ def export_st(
     console.print(f"sentence-transformers folder written to {output}; load it with {how}")
 
 
+@app.command(
+    name="data",
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn data train.jsonl\n\n"
+        "    poolattn data train.parquet --backbone Qwen/Qwen2-0.5B --max-length 512 --no-overlap\n\n"
+        "    poolattn data yixuantt/ir_data --field positive=postive --backbone mistralai/Mistral-7B-v0.1\n\n"
+        "    poolattn data my_dataset_folder --split validation --sample 500"
+    ),
+)
+def data_info(
+    source: Annotated[str, typer.Argument(help="a JSONL/CSV/TSV/Parquet file, a datasets folder or a hub dataset id")],
+    field: Annotated[
+        list[str] | None, typer.Option("--field", help="FIELD=COLUMN: read a record field from a column of that name")
+    ] = None,
+    split: Annotated[str, typer.Option(help="the split of a datasets folder or hub dataset")] = "train",
+    revision: Annotated[str | None, typer.Option(help="the hub dataset's revision (commit, tag or branch)")] = None,
+    backbone: Annotated[str, typer.Option(help="whose tokenizer measures the lengths: " + MODEL_HELP)] = "default",
+    max_length: Annotated[int, typer.Option(help="the share of texts longer than this is reported")] = 512,
+    sample: Annotated[int, typer.Option(help="records whose token lengths are measured (seeded sample)")] = 2000,
+    overlap: Annotated[
+        bool, typer.Option("--overlap/--no-overlap", help="count records sharing a text with the offline suite's")
+    ] = True,
+) -> None:
+    """Show a training source before a run: size, fields, token lengths in the backbone's tokens, and how many
+    records share a text with the evaluation tasks (the offline suite's; local sources need no network)."""
+    from .data import DataError
+    from .datainfo import summarise
+
+    fields = {}
+    for item in field or []:
+        name, sep, column = item.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            fail(f"--field {item!r} is not FIELD=COLUMN (e.g. positive=postive)")
+        fields[name.strip()] = column.strip()
+    if sample < 1 or max_length < 1:
+        fail("--sample and --max-length must be positive")
+    try:
+        from .data import evaluation_texts
+
+        summary = summarise(
+            source,
+            backbone=backbone,
+            max_length=max_length,
+            fields=fields,
+            split=split,
+            revision=revision,
+            sample=sample,
+            evaluation=evaluation_texts() if overlap else None,
+        )
+    except (DataError, ValueError, OSError) as err:
+        fail(str(err))
+    typer.echo("\n".join(summary.lines()))
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 
