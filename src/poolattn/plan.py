@@ -392,7 +392,10 @@ def mteb_workload(names: Sequence[str], max_length: int) -> list[tuple[str, int,
             if not entry:
                 continue
             texts += int(entry.get("num_samples", 0))
-            chars += float(entry.get("number_of_characters") or 0)
+            chars += float(
+                entry.get("number_of_characters")
+                or sum(v.get("total_text_length") or 0 for v in entry.values() if isinstance(v, dict))
+            )
         if not texts:
             texts, chars = 1000, 1000 * 64 * CHARS_PER_TOKEN  # no statistics: a small task
         out.append((name, texts, min(max_length, chars / texts / CHARS_PER_TOKEN + 2)))
