@@ -23,6 +23,7 @@ shipped data, which is how the tests check that the offline scorers agree with m
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,7 @@ from mteb.types import Licenses, PromptType
 from .. import hub
 from ..io import SCORE_PACKAGES, package_versions, write_json_atomic
 from ..modelinfo import describe
-from .encoders import Encoder, active_precision, encoder_identity, identity_hash
+from .encoders import Encoder, SameEmbedding, active_precision, encoder_identity, identity_hash
 from .tasks import (
     ALL_TASKS,
     QUERY_ONLY,
@@ -187,6 +188,7 @@ class MTEBEncoder(AbsEncoder):
     ) -> None:
         self.encoder = encoder
         self.instructions = dict(instructions or {})
+        self.watched: dict[str, SameEmbedding] = {}  # per task: whether all its texts got one vector
         label = name or getattr(encoder, "name", None) or type(encoder).__name__
         if "/" not in label:
             label = "poolattn/" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
@@ -229,7 +231,9 @@ class MTEBEncoder(AbsEncoder):
         **kwargs: Any,
     ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
-        return self.encoder.encode(texts, instruction=self.instruction_for(task_metadata, prompt_type))
+        vecs = self.encoder.encode(texts, instruction=self.instruction_for(task_metadata, prompt_type))
+        self.watched.setdefault(task_metadata.name, SameEmbedding()).update(np.asarray(vecs))
+        return vecs
 
 
 # --------------------------------------------------------------------------------- offline tasks in mteb
@@ -389,11 +393,13 @@ def run_mteb(
     records = []
     for result in results.task_results:
         task_meta = meta[result.task_name]
+        score = float(result.get_score())
         record = {
             "task": result.task_name,
             "category": CATEGORY_OF_TYPE.get(task_meta.type, task_meta.type.lower()),
             "main_metric": task_meta.main_score,
-            "main_score": float(result.get_score()),
+            "main_score": score,
+            **({} if math.isfinite(score) else {"undefined": undefined_reason(model, result.task_name, task_meta)}),
             "scores": result.scores,
             "evaluation_time": result.evaluation_time,
             "model_id": model.mteb_model_meta.name,
@@ -404,6 +410,14 @@ def run_mteb(
         write_json_atomic(out / f"{result.task_name}.json", _plain(record))
         records.append(record)
     return records
+
+
+def undefined_reason(model: MTEBEncoder, task: str, metadata: TaskMetadata) -> str:
+    """Why ``task``'s main score is NaN; a result reused from mteb's cache was not watched being encoded."""
+    watched = model.watched.get(task)
+    if watched is None:
+        return f"{metadata.main_score} is undefined (NaN) in mteb's stored result"
+    return watched.undefined_reason(metadata.main_score)
 
 
 def select_mteb_tasks(tasks: Sequence[str | AbsTask] | None, benchmark: str | None) -> list[AbsTask]:

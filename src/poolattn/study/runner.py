@@ -445,6 +445,8 @@ class StudyRunner:
                     result["task"], {"task": result["task"], "category": result["category"], "scores": []}
                 )
                 entry["scores"].append(float(result["main_score"]))
+                if "undefined" in result:
+                    entry.setdefault("undefined", result["undefined"])
             if self.progress and (layer % 5 == 0 or layer == self.num_layers):
                 console.print(f"  layers: scored {layer}/{self.num_layers}")
         sample = store.sample(self.study.layers.cka_texts)
