@@ -195,3 +195,19 @@ def test_an_undefined_score_says_why(tmp_path: Path) -> None:
     assert np.isnan(offline_record["main_score"]) and "same embedding" in offline_record["undefined"]
     (fine,) = run_mteb(HashEncoder(), [as_mteb_task("WordSim353STS")], None, tmp_path / "h", progress=False)
     assert np.isfinite(fine["main_score"]) and "undefined" not in fine
+
+
+def test_a_design_is_filed_as_an_experiment(tmp_path: Path) -> None:
+    experiment = {"design": "M1", "seed": 0, "attention": "causal", "pooling": "eos", "options": {}}
+    names = ["WordSim353STS"]
+    (record,) = run_mteb(
+        HashEncoder(),
+        [as_mteb_task(n) for n in names],
+        None,
+        tmp_path,
+        model_name="poolattn/study",
+        experiment=experiment,
+    )
+    assert record["experiment"] == "attention_causal__design_M1__pooling_eos__seed_0"
+    (path,) = (tmp_path / "mteb").rglob("WordSim353STS.json")
+    assert path.parent.name == record["experiment"] and path.parent.parent.name == "experiments"

@@ -101,4 +101,10 @@ def test_paper_config_dry_run_on_cpu(tiny_factory, tmp_path):
         assert summary["processes"] == 2 and summary["steps"] == 2
     for task in MOCK_TASKS.values():
         assert task in report
-    assert "Undefined scores" not in report and "Left out (score undefined)" not in report
+    undefined = json.loads((out / "results.json").read_text())["undefined"]
+    print("undefined scores:", undefined)
+    for task, entry in undefined.items():  # a genuine tie of the 2-sample mock tasks is named with its reason
+        assert entry["reason"] and f"- {task} (" in report
+    filed = [p for p in (out / "cells").rglob("MockSTSTask.json") if p.parent.parent.name == "experiments"]
+    assert {p.parts[-5] for p in filed} == {"poolattn__paper"}  # one model: <org__model>/<revision>/experiments/<name>
+    assert any("design_M1" in p.parent.name for p in filed)

@@ -174,8 +174,9 @@ class MTEBEncoder(AbsEncoder):
 
     ``instructions`` override the defaults by mteb task name or task type (``"STS"``, ``"Retrieval"``...) or, with
     ``"*"``, for every task; ``None`` or ``""`` means no instruction. ``name`` (``org/model``) and ``revision``
-    label the results; the model's size, embedding dimension, max tokens, base model and its licence and its
-    training data fill the rest of mteb's ``ModelMeta`` where known (:func:`poolattn.modelinfo.describe`).
+    label the results, ``experiment`` (a design's settings) files them as an mteb experiment of ``name``; the
+    model's size, embedding dimension, max tokens, base model and its licence and its training data fill the rest
+    of mteb's ``ModelMeta`` where known (:func:`poolattn.modelinfo.describe`).
     """
 
     def __init__(
@@ -185,6 +186,7 @@ class MTEBEncoder(AbsEncoder):
         instructions: Mapping[str, str | None] | None = None,
         name: str | None = None,
         revision: str | None = None,
+        experiment: Mapping[str, Any] | None = None,
     ) -> None:
         self.encoder = encoder
         self.instructions = dict(instructions or {})
@@ -202,6 +204,7 @@ class MTEBEncoder(AbsEncoder):
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "use_instructions": True,
                 "framework": ["PyTorch"],
+                "experiment_kwargs": {k: v for k, v in (experiment or {}).items() if v not in (None, {}, [])} or None,
                 **known,
             }
         )
@@ -361,12 +364,14 @@ def run_mteb(
     config_hash: str | None = None,
     precision: str | None = None,
     revision: str | None = None,
+    experiment: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` with mteb 2 on ``tasks`` (names or mteb task objects) or on a ``benchmark``.
 
-    mteb's own result files go to ``output_dir/mteb``, filed under the model's name and ``revision``; re-runs
+    mteb's own result files go to ``output_dir/mteb``, filed under the model's name and ``revision`` (and
+    ``experiments/<name>/`` for an ``experiment``: a design's settings, one study being one model); re-runs
     skip the tasks finished under both unless ``overwrite``. ``revision`` defaults to a hash of the exact model
     (:func:`~.encoders.encoder_identity`: ``config_hash`` (default: ``encoder.config_hash()``), weights
     fingerprint, ``precision`` (default: the autocast in force), max length, instruction template, poolattn's
@@ -379,7 +384,7 @@ def run_mteb(
         config_hash = encoder.config_hash()  # type: ignore[attr-defined]
     identity = encoder_identity(encoder, config_hash, precision or active_precision())
     revision = revision or identity_hash(identity)
-    model = MTEBEncoder(encoder, instructions=instructions, name=model_name, revision=revision)
+    model = MTEBEncoder(encoder, instructions=instructions, name=model_name, revision=revision, experiment=experiment)
     out = Path(output_dir)
     results = mteb.evaluate(
         model,
@@ -404,6 +409,7 @@ def run_mteb(
             "evaluation_time": result.evaluation_time,
             "model_id": model.mteb_model_meta.name,
             "revision": revision,
+            "experiment": model.mteb_model_meta.experiment_name,
             **identity,
             "versions": versions,
         }
