@@ -93,6 +93,13 @@ def test_truncation_keeps_eos_and_warns_once(make, caplog):
     assert sum("truncated" in r.message for r in caplog.records) == 1
 
 
+def test_an_instruction_that_leaves_no_room_for_the_text_is_refused(make):
+    model = make("eos", max_length=24)
+    with pytest.raises(ValueError, match=r"the instruction 'Find it' takes \d+ tokens .* max_length=24"):
+        model.tokenize_texts(["a cat"], instruction="Find it")
+    assert len(model.tokenize_texts(["a cat"])[0].ids) < 24  # without an instruction the text fits
+
+
 def test_empty_and_whitespace_texts_are_embedded_from_eos(make):
     model = make("eos")
     items = model.tokenize_texts(["", "   "])

@@ -176,3 +176,38 @@ def test_mteb_results_are_filed_under_the_exact_model(tiny_llama: Path, tmp_path
     )
     assert len(untrained.calls) > calls  # another precision is another revision
     assert bf16["precision"] == "bf16" and bf16["revision"] != of_untrained["revision"]
+
+
+class ConstantEncoder(HashEncoder):
+    """One vector for every text: a model that cannot tell texts apart."""
+
+    name = "constant"
+
+    def encode(self, texts: list[str], *, instruction: str | None = None) -> np.ndarray:
+        return np.tile(np.eye(1, self.dim, dtype=np.float32), (len(texts), 1))
+
+
+def test_an_undefined_score_says_why(tmp_path: Path) -> None:
+    (record,) = run_mteb(ConstantEncoder(), [as_mteb_task("WordSim353STS")], None, tmp_path / "m", progress=False)
+    assert np.isnan(record["main_score"])
+    assert "cosine_spearman is undefined: all" in record["undefined"] and "same embedding" in record["undefined"]
+    (offline_record,) = offline.run_suite(ConstantEncoder(), tmp_path / "o", tasks=["WordSim353STS"], profile="quick")
+    assert np.isnan(offline_record["main_score"]) and "same embedding" in offline_record["undefined"]
+    (fine,) = run_mteb(HashEncoder(), [as_mteb_task("WordSim353STS")], None, tmp_path / "h", progress=False)
+    assert np.isfinite(fine["main_score"]) and "undefined" not in fine
+
+
+def test_a_design_is_filed_as_an_experiment(tmp_path: Path) -> None:
+    experiment = {"design": "M1", "seed": 0, "attention": "causal", "pooling": "eos", "options": {}}
+    names = ["WordSim353STS"]
+    (record,) = run_mteb(
+        HashEncoder(),
+        [as_mteb_task(n) for n in names],
+        None,
+        tmp_path,
+        model_name="poolattn/study",
+        experiment=experiment,
+    )
+    assert record["experiment"] == "attention_causal__design_M1__pooling_eos__seed_0"
+    (path,) = (tmp_path / "mteb").rglob("WordSim353STS.json")
+    assert path.parent.name == record["experiment"] and path.parent.parent.name == "experiments"

@@ -754,3 +754,23 @@ def test_a_reversed_ranking_contradicts(seeded: Path, tmp_path: Path, monkeypatc
     assert differ == [("M5", "sts")] and comparison.agree is False
     sts = next(r for r in comparison.categories if r.category == "sts")
     assert sts.first[0] == "M5" and sts.second[-1] == "M5" and not sts.same_best
+
+
+def test_an_undefined_score_is_left_out_with_its_reason(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "nan")
+    result = folder / "cells" / "M4-s0" / "eval" / "sts-0.json"
+    record = json.loads(result.read_text())
+    reason = "cosine_spearman is undefined: all 8 texts got the same embedding"
+    write(result, {**record, "main_score": math.nan, "main_metric": "cosine_spearman", "undefined": reason})
+    layers = json.loads((folder / "layers" / "layers.json").read_text())
+    layers["tasks"].append({"task": "c", "category": "sts", "scores": [0.1, math.nan, 0.2, 0.3], "undefined": "tied"})
+    write(folder / "layers" / "layers.json", layers)
+    render_report(folder)
+    markdown = (folder / "report.md").read_text()
+    assert "**Undefined scores:** 1 dataset(s) left out" in markdown
+    assert f"- sts-0 (STS; M4): {reason}" in markdown
+    tables = json.loads((folder / "results.json").read_text())
+    assert "sts-0" not in tables["tasks"] and tables["undefined"]["sts-0"]["designs"] == ["M4"]
+    assert not any(row["task"] == "sts-0" for row in tables["per_dataset"])
+    section = markdown.split("## Layer-wise analysis")[1].split("\n## ")[0]
+    assert "**2 of 2** tasks" in section and "c at layer(s) 2 (tied)" in section

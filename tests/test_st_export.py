@@ -80,7 +80,7 @@ def check_portable(folder: Path, local_paths: list[Path]) -> None:
     ids=["causal-eos", "bidirectional-trainable"],
 )
 def test_export_loads_elsewhere_without_poolattn(tiny_llama, tmp_path, attention, pooling, standard):
-    model = EmbeddingModel.from_backbone(tiny_llama, attention=attention, pooling=pooling, max_length=24, seed=3)
+    model = EmbeddingModel.from_backbone(tiny_llama, attention=attention, pooling=pooling, max_length=64, seed=3)
     expected_doc = model.encode(TEXTS)
     expected_query = model.encode(TEXTS, instruction=INSTRUCTION)
     folder = export(model, tmp_path / "exported", instruction=INSTRUCTION)
@@ -99,7 +99,7 @@ def test_export_loads_elsewhere_without_poolattn(tiny_llama, tmp_path, attention
     query_diff = float(np.abs(query - expected_query).max())
     print(f"{attention}-{pooling}: max abs diff documents {doc_diff:.2e}, queries {query_diff:.2e}")
     assert doc_diff <= 1e-5 and query_diff <= 1e-5
-    assert info["max_seq_length"] == 24 and info["similarity"] == "cosine"
+    assert info["max_seq_length"] == 64 and info["similarity"] == "cosine"
     assert info["prompts"]["query"] == f"Instruct: {INSTRUCTION}\nQuery: "
 
 
@@ -123,7 +123,7 @@ def test_every_design_gives_poolattns_vectors(tiny_llama, tmp_path, attention, p
     from sentence_transformers import SentenceTransformer
 
     extra = {"pool_instruction": False} if pooling == "mean" and attention == "causal" else {}
-    model = EmbeddingModel.from_backbone(tiny_llama, attention=attention, pooling=pooling, max_length=20, **extra)
+    model = EmbeddingModel.from_backbone(tiny_llama, attention=attention, pooling=pooling, max_length=64, **extra)
     folder = export(model, tmp_path / "st", instruction=INSTRUCTION)
     st = SentenceTransformer(str(folder), trust_remote_code=(folder / MODULE_FILE).is_file())
     np.testing.assert_allclose(st.encode(TEXTS), model.encode(TEXTS), rtol=0, atol=1e-5)

@@ -29,7 +29,7 @@ def test_linear_cka_properties() -> None:
 
 
 def test_layer_store_serves_the_eos_embeddings(tiny_llama: Path) -> None:
-    model = EmbeddingModel.from_backbone(tiny_llama, max_length=24)
+    model = EmbeddingModel.from_backbone(tiny_llama, max_length=64)
     texts = ["a red fox", "the dog sleeps under the table", "cat"]
     store = LayerStore(model)
     last = LayerEncoder(store, 3, "last").encode(texts, instruction="Find it")

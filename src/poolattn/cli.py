@@ -82,6 +82,51 @@ PRECISION_HELP = (
 )
 
 
+PlanFlag = Annotated[
+    bool,
+    typer.Option(
+        "--plan",
+        help="print the cost plan (parameters, memory, FLOPs, GPU-hours) and exit; nothing downloads but the"
+        " backbone's config",
+    ),
+]
+GpuOption = Annotated[
+    str,
+    typer.Option(
+        help="--plan's accelerator: h100 | h100-pcie | h200 | b200 | a100 | a100-40gb | l40s | l4 | a10 | rtx4090"
+        " | mi300x"
+    ),
+]
+GpusOption = Annotated[int, typer.Option(help="--plan: how many accelerators (wall-clock time)")]
+ParamsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="--plan offline: the backbone's shape instead of its config, a count (7.2B) or "
+        "family=mistral,hidden=4096,layers=32,intermediate=14336,heads=32,kv_heads=8,vocab=32000"
+    ),
+]
+TokensOption = Annotated[
+    float | None, typer.Option(help="--plan: mean tokens per training text (default: model.max_length, an upper bound)")
+]
+MfuOption = Annotated[float, typer.Option(help="--plan: assumed model FLOPs utilisation of training")]
+
+
+def print_plan(make: Callable[[], object]) -> None:
+    """Print a plan (``poolattn.plan.Plan``) and exit: status 0 if every cell fits a device, else one error line."""
+    from .plan import PlanError
+
+    try:
+        plan = make()
+    except (PlanError, ValueError, OSError) as err:
+        fail(str(err))
+    typer.echo("\n".join(plan.lines()))  # type: ignore[attr-defined]
+    try:
+        plan.check_fits()  # type: ignore[attr-defined]
+    except PlanError as err:
+        fail(str(err))
+    raise typer.Exit()
+
+
 def check_precision(precision: str) -> str:
     from .backbone import PRECISIONS
 
@@ -230,6 +275,7 @@ def encode(
         "**Examples**\n\n"
         "    poolattn train configs/train_default.toml\n\n"
         "    poolattn train configs/train_default.toml --set recipe.steps=50 --set model.pooling=mean\n\n"
+        "    poolattn train configs/train_paper.toml --plan --gpu h100 --gpus 8 --params family=mistral\n\n"
         "    accelerate launch --num_processes 8 -m poolattn train configs/train_paper.toml"
     )
 )
@@ -239,9 +285,22 @@ def train(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    plan: PlanFlag = False,
+    gpu: GpuOption = "h100",
+    gpus: GpusOption = 1,
+    params: ParamsOption = None,
+    tokens: TokensOption = None,
+    mfu: MfuOption = 0.35,
 ) -> None:
     """Fine-tune a design contrastively (LoRA, full or head-only); writes a folder `EmbeddingModel.load` reads."""
     from .training import load_train_config
+
+    if plan:
+        from .plan import PlanOptions, plan_training
+
+        options = PlanOptions(gpu=gpu, gpus=gpus, params=params, tokens=tokens, mfu_train=mfu)
+        source = str(config) if config else "defaults"
+        print_plan(lambda: plan_training(load_train_config(config, list(set_ or [])), source, options))
     from .training import train as run_training
 
     result = run_training_job(
@@ -404,6 +463,8 @@ def evaluate(
         "**Examples**\n\n"
         "    poolattn experiment --output runs/default          # the embedded default study\n\n"
         "    poolattn experiment configs/paper.toml --output runs/paper\n\n"
+        "    poolattn experiment configs/paper.toml --plan --gpu h100 --gpus 8 --params family=mistral\n\n"
+        "    poolattn experiment configs/qwen2_0.5b.toml --plan --tokens 160\n\n"
         "    poolattn experiment configs/default.toml --output runs/default --set train.steps=20"
     )
 )
@@ -413,6 +474,12 @@ def experiment(
         "runs/default"
     ),
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: section.key=value")] = None,
+    plan: PlanFlag = False,
+    gpu: GpuOption = "h100",
+    gpus: GpusOption = 1,
+    params: ParamsOption = None,
+    tokens: TokensOption = None,
+    mfu: MfuOption = 0.35,
 ) -> None:
     """Run a controlled design study: train every design, evaluate, test significance, write the report."""
     from .backbone import BackboneError
@@ -420,6 +487,13 @@ def experiment(
     from .outputs import OutputError
     from .study import StudyError, run_experiment
     from .training import TrainingDiverged
+
+    if plan:
+        from .plan import PlanOptions, plan_study
+        from .study import load_study
+
+        options = PlanOptions(gpu=gpu, gpus=gpus, params=params, tokens=tokens, mfu_train=mfu)
+        print_plan(lambda: plan_study(load_study(config, list(set_ or [])), options))
 
     try:
         report = run_experiment(config, output, overrides=list(set_ or []))
@@ -607,6 +681,61 @@ def serve(
         fail(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_server(m, settings, host=host, port=port)
+
+
+@app.command(
+    name="data",
+    epilog=(
+        "**Examples**\n\n"
+        "    poolattn data train.jsonl\n\n"
+        "    poolattn data train.parquet --backbone Qwen/Qwen2-0.5B --max-length 512 --no-overlap\n\n"
+        "    poolattn data yixuantt/ir_data --field positive=postive --backbone mistralai/Mistral-7B-v0.1\n\n"
+        "    poolattn data my_dataset_folder --split validation --sample 500"
+    ),
+)
+def data_info(
+    source: Annotated[str, typer.Argument(help="a JSONL/CSV/TSV/Parquet file, a datasets folder or a hub dataset id")],
+    field: Annotated[
+        list[str] | None, typer.Option("--field", help="FIELD=COLUMN: read a record field from a column of that name")
+    ] = None,
+    split: Annotated[str, typer.Option(help="the split of a datasets folder or hub dataset")] = "train",
+    revision: Annotated[str | None, typer.Option(help="the hub dataset's revision (commit, tag or branch)")] = None,
+    backbone: Annotated[str, typer.Option(help="whose tokenizer measures the lengths: " + MODEL_HELP)] = "default",
+    max_length: Annotated[int, typer.Option(help="the share of texts longer than this is reported")] = 512,
+    sample: Annotated[int, typer.Option(help="records whose token lengths are measured (seeded sample)")] = 2000,
+    overlap: Annotated[
+        bool, typer.Option("--overlap/--no-overlap", help="count records sharing a text with the offline suite's")
+    ] = True,
+) -> None:
+    """Show a training source before a run: size, fields, token lengths in the backbone's tokens, and how many
+    records share a text with the evaluation tasks (the offline suite's; local sources need no network)."""
+    from .data import DataError
+    from .datainfo import summarise
+
+    fields = {}
+    for item in field or []:
+        name, sep, column = item.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            fail(f"--field {item!r} is not FIELD=COLUMN (e.g. positive=postive)")
+        fields[name.strip()] = column.strip()
+    if sample < 1 or max_length < 1:
+        fail("--sample and --max-length must be positive")
+    try:
+        from .data import evaluation_texts
+
+        summary = summarise(
+            source,
+            backbone=backbone,
+            max_length=max_length,
+            fields=fields,
+            split=split,
+            revision=revision,
+            sample=sample,
+            evaluation=evaluation_texts() if overlap else None,
+        )
+    except (DataError, ValueError, OSError) as err:
+        fail(str(err))
+    typer.echo("\n".join(summary.lines()))
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -9,8 +9,10 @@ name/folder; every record is validated before training starts, and a bad one is 
 line (or row) and field.
 
 Field names: ``query``, ``positive``, ``negative`` (one text or a list) or ``negatives`` (a list), and
-``instruction``; other fields are ignored. In CSV/TSV files the negatives are the columns ``negative``,
-``negative_2``, ``negative_3``, ... (an empty cell is no negative) or a ``negatives`` column holding a JSON list.
+``instruction``; other fields are ignored. A field map (``{"positive": "postive"}``) reads a field from a column of
+another name (:func:`apply_field_map`), so a hub dataset is used as published. In CSV/TSV files the negatives are
+the columns ``negative``, ``negative_2``, ``negative_3``, ... (an empty cell is no negative) or a ``negatives``
+column holding a JSON list.
 
 The order in which records are seen is a function of ``(seed, epoch)`` only (see :class:`DataOrder`), so
 designs compared in a study train on identical batches, and a run resumes exactly from its step count.
@@ -41,6 +43,8 @@ T = TypeVar("T")
 #: The default instruction of the default training set (query side only).
 DEFAULT_INSTRUCTION = "Given a line of movie dialogue, retrieve the reply"
 
+#: The fields of a training record (a field map renames columns to these).
+FIELD_NAMES = ("query", "positive", "negative", "negatives", "instruction")
 #: Columns of a CSV/TSV file that hold one negative each.
 NEGATIVE_COLUMN = re.compile(r"^negative(_\d+)?$")
 
@@ -241,21 +245,45 @@ def read_parquet(path: Path) -> Iterator[RawRow]:
             yield RawRow(f"{path}, row {number}", fields)
 
 
-def read_hf_dataset(source: str) -> Iterator[RawRow]:
-    """A ``datasets`` folder written by ``save_to_disk``, a folder of data files, or a hub name (split train)."""
+def read_hf_dataset(source: str, split: str = "train", revision: str | None = None) -> Iterator[RawRow]:
+    """A ``datasets`` folder written by ``save_to_disk``, a folder of data files, or a hub id (``split`` at
+    ``revision``, downloaded once into the ``datasets`` cache)."""
     import datasets
 
     path = Path(source)
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         data = datasets.load_from_disk(str(path))
     else:
-        data = datasets.load_dataset(str(path) if path.is_dir() else source, split="train")
+        try:
+            data = datasets.load_dataset(str(path) if path.is_dir() else source, split=split, revision=revision)
+        except ValueError as err:  # an unknown split
+            raise DataError(f"{source}: {err}") from None
     if isinstance(data, datasets.DatasetDict):
-        if "train" not in data:
-            raise DataError(f"{source}: the dataset has no 'train' split (splits: {sorted(data)})")
-        data = data["train"]
+        if split not in data:
+            raise DataError(f"{source}: the dataset has no {split!r} split (splits: {sorted(data)})")
+        data = data[split]
     for number, fields in enumerate(data, start=1):
         yield RawRow(f"{source}, row {number}", fields)
+
+
+def check_field_map(fields: Mapping[str, Any]) -> dict[str, str]:
+    """A field map (record field -> column name) whose keys are record fields and whose values are names."""
+    for name, column in fields.items():
+        if name not in FIELD_NAMES:
+            raise ValueError(f"cannot map field {name!r}; map one of {list(FIELD_NAMES)}")
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"field {name!r} maps to {column!r}; give a column name")
+    return dict(fields)
+
+
+def apply_field_map(row: RawRow, fields: Mapping[str, str]) -> RawRow:
+    """``row`` with each mapped field read from its column (the column's own name is dropped)."""
+    if not fields or row.problem is not None or not isinstance(row.fields, Mapping):
+        return row
+    out = {k: v for k, v in row.fields.items() if k not in fields.values()}
+    for name, column in fields.items():
+        out[name] = row.fields.get(column)
+    return replace(row, fields=out)
 
 
 READERS: dict[str, Callable[[Path], Iterator[RawRow]]] = {
@@ -267,8 +295,8 @@ READERS: dict[str, Callable[[Path], Iterator[RawRow]]] = {
 }
 
 
-def raw_rows(source: str | Path) -> Iterator[RawRow]:
-    """Rows of a file (by suffix) or of a ``datasets`` folder/name."""
+def raw_rows(source: str | Path, split: str = "train", revision: str | None = None) -> Iterator[RawRow]:
+    """Rows of a file (by suffix) or of a ``datasets`` folder/hub id (``split``, ``revision``)."""
     path = Path(source)
     if path.is_file():
         reader = READERS.get(path.suffix.lower())
@@ -276,23 +304,36 @@ def raw_rows(source: str | Path) -> Iterator[RawRow]:
             raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(READERS)}")
         return reader(path)
     if path.is_dir():
-        return read_hf_dataset(str(path))
+        return read_hf_dataset(str(path), split, revision)
     if path.suffix.lower() in READERS or str(source).startswith((".", "/", "~")):
         raise DataError(f"{source}: no such file")
-    return read_hf_dataset(str(source))
+    return read_hf_dataset(str(source), split, revision)
 
 
 def read_records(
-    source: str | Path, *, skip_bad: bool = False, instruction: str | None = None, max_reported: int = 10
+    source: str | Path,
+    *,
+    skip_bad: bool = False,
+    instruction: str | None = None,
+    max_reported: int = 10,
+    fields: Mapping[str, str] | None = None,
+    split: str = "train",
+    revision: str | None = None,
 ) -> ReadResult:
-    """Read and validate every record of ``source``.
+    """Read and validate every record of ``source`` (a file, a ``datasets`` folder or a hub id).
 
     Bad records raise one :class:`DataError` listing them (the first ``max_reported``) unless ``skip_bad``,
-    which skips and counts them. ``instruction`` is given to records that have none.
+    which skips and counts them. ``instruction`` is given to records that have none; ``fields`` maps record
+    fields to the source's columns (``{"positive": "postive"}``); ``split`` and ``revision`` pick a hub dataset's.
     """
     records: list[TrainRecord] = []
     bad: list[str] = []
-    for row in raw_rows(source):
+    fields = check_field_map(fields or {})
+    columns: list[str] | None = None
+    for raw in raw_rows(source, split, revision):
+        if columns is None and raw.problem is None and isinstance(raw.fields, Mapping):
+            columns = sorted(raw.fields)
+        row = apply_field_map(raw, fields)
         try:
             record = to_record(row)
         except BadRecord as err:
@@ -304,12 +345,23 @@ def read_records(
     if bad and not skip_bad:
         shown = "\n  ".join(bad[:max_reported])
         more = f"\n  ... and {len(bad) - max_reported} more" if len(bad) > max_reported else ""
-        raise DataError(f"{len(bad)} bad record(s) in {source} (skip_bad=True skips them):\n  {shown}{more}")
+        hint = column_hint(columns, fields) if not records else ""
+        raise DataError(f"{len(bad)} bad record(s) in {source} (skip_bad=True skips them){hint}:\n  {shown}{more}")
     if bad:
         log.warning("skipped %d bad record(s) in %s; first: %s", len(bad), source, bad[0])
     if not records:
         raise DataError(f"{source}: no valid training records")
     return ReadResult(records, bad, str(source))
+
+
+def column_hint(columns: list[str] | None, fields: Mapping[str, str]) -> str:
+    """When no record is valid: the source's columns, and how to map a required field that none is named after."""
+    if not columns:
+        return ""
+    names = set(columns) | set(fields)
+    missing = [name for name in ("query", "positive") if name not in names]
+    mapping = f'; map it with data.fields = {{ {missing[0]} = "COLUMN" }}' if missing else ""
+    return f" (columns: {', '.join(columns)}{mapping})"
 
 
 # ------------------------------------------------------------------------------------- hard negatives

@@ -219,6 +219,8 @@ class EmbeddingModel(nn.Module):
         if not texts:
             return []
         formatted = [self.format(t, instruction) for t in texts]
+        if instruction:
+            self.check_instruction_fits(instruction)
         exclude = instruction is not None and not self.config.pool_instruction
         enc = self.tokenizer(
             [f for f, _ in formatted],
@@ -244,6 +246,19 @@ class EmbeddingModel(nn.Module):
                 poolable = [True] * len(ids)
             out.append(Tokenized([*ids, eos], [*poolable, True]))
         return out
+
+    def check_instruction_fits(self, instruction: str) -> None:
+        """Refuse an instruction that leaves no token of ``max_length`` to the text: truncation would then cut every
+        text away, so all texts would get the instruction's embedding (and rank correlations would be undefined)."""
+        prefix = self.config.instruction_template.split("{text}")[0].format(instruction=instruction)
+        ids = self.tokenizer(prefix, add_special_tokens=True, verbose=False)["input_ids"]
+        n = len(ids) - (bool(ids) and ids[-1] == self.tokenizer.eos_token_id)
+        if n >= self.config.max_length - 1:
+            raise ValueError(
+                f"the instruction {instruction!r} takes {n} tokens with its template, leaving no room for the text "
+                f"under max_length={self.config.max_length} (the EOS token is kept last): every text would be cut "
+                "away; raise model.max_length or shorten the instruction"
+            )
 
     def _warn_truncation(self, n_tokens: int) -> None:
         if not self._warned_truncation:

@@ -225,15 +225,10 @@ def write_custom(model: Any, folder: Path) -> None:
     model.tokenizer.save_pretrained(folder)
     shutil.copyfile(Path(st_module.__file__), folder / MODULE_FILE)
     pooler = model.pooler
-    head: dict[str, Any] = {}
+    head = head_config(pooler)
     if model.config.pooling in st_module.HEADS:
-        head["size"] = pooler.size.as_dict()
         state = {k: v.detach().contiguous().cpu() for k, v in pooler.state_dict().items()}
         save_file(state, folder / st_module.HEAD_WEIGHTS)
-    if model.config.pooling == "trainable":
-        head["inputs"] = pooler.inputs
-    if model.config.pooling == "multilayer":
-        head.update(layers=list(pooler.layers), layer_reduction=pooler.layer_reduction(), layer_norm=pooler.layer_norm)
     config = {
         "attention": model.config.attention,
         "pooling": model.config.pooling,
@@ -249,6 +244,18 @@ def write_custom(model: Any, folder: Path) -> None:
         {"idx": 1, "name": "1", "path": "1_Normalize", "type": f"{LEGACY}.Normalize"},
     ]
     write_json(folder / "modules.json", modules)
+
+
+def head_config(pooler: Any) -> dict[str, Any]:
+    """The resolved head settings :class:`poolattn.st_module.Pooler` takes (sizes, inputs, layers, reductions)."""
+    head: dict[str, Any] = {}
+    if pooler.name in st_module.HEADS:
+        head["size"] = pooler.size.as_dict()
+    if pooler.name == "trainable":
+        head["inputs"] = pooler.inputs
+    if pooler.name == "multilayer":
+        head.update(layers=list(pooler.layers), layer_reduction=pooler.layer_reduction(), layer_norm=pooler.layer_norm)
+    return head
 
 
 def versions() -> dict[str, str]:

@@ -34,6 +34,35 @@ CONFIG_NAME = "poolattn_module.json"
 HEAD_WEIGHTS = "pooler.safetensors"
 #: Poolers with trainable weights, and the Perceiver ones among them (latent queries over token or layer states).
 HEADS = ("trainable", "multilayer", "latent")
+#: Every pooling design, and the settings (with their values, ``None``: any) its ``head`` holds.
+HEAD_SETTINGS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "eos": {},
+    "mean": {},
+    "weighted_mean": {},
+    "latent": {"size": None},
+    "trainable": {"size": None, "inputs": ("eos", "tokens")},
+    "multilayer": {
+        "size": None,
+        "layers": None,
+        "layer_reduction": ("last", "mean", "mean_no_sink"),
+        "layer_norm": ("rms", "none"),
+    },
+}
+SIZE_KEYS = ("n_latents", "heads", "head_dim", "mlp_ratio")
+
+
+def check_head(pooling: str, head: dict[str, Any]) -> None:
+    """Refuse a pooling design or head setting this module does not implement (a newer poolattn's export)."""
+    if pooling not in HEAD_SETTINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; this module implements {sorted(HEAD_SETTINGS)}")
+    settings = HEAD_SETTINGS[pooling]
+    if set(head) != set(settings):
+        raise ValueError(f"pooling {pooling!r} takes the head settings {sorted(settings)}, got {sorted(head)}")
+    for key, allowed in settings.items():
+        if allowed is not None and head[key] not in allowed:
+            raise ValueError(f"unknown {key} {head[key]!r} for pooling {pooling!r}; choose one of {allowed}")
+    if "size" in head and set(head["size"]) != set(SIZE_KEYS):
+        raise ValueError(f"head size needs exactly {SIZE_KEYS}, got {sorted(head['size'])}")
 
 
 # ------------------------------------------------------------------------------------------------ pooling
@@ -119,6 +148,7 @@ class Pooler(nn.Module):
 
     def __init__(self, pooling: str, hidden_size: int, head: dict[str, Any]) -> None:
         super().__init__()
+        check_head(pooling, head)
         self.pooling, self.head = pooling, head
         if pooling in HEADS:
             size = head["size"]

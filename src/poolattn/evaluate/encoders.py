@@ -149,6 +149,39 @@ def identity_hash(identity: dict[str, Any]) -> str:
 Embed = Callable[[Sequence[str], "str | None"], np.ndarray]
 
 
+class SameEmbedding:
+    """Watches a task's embeddings: whether every text since :meth:`reset` got one and the same vector (a model that
+    cannot tell the texts apart), which is what leaves rank correlations undefined."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.first: np.ndarray | None = None
+        self.n = 0
+        self.same = True
+
+    def update(self, vecs: np.ndarray) -> None:
+        if not len(vecs):
+            return
+        if self.first is None:
+            self.first = np.array(vecs[0])
+        self.same = self.same and bool(np.abs(vecs - self.first).max() <= 1e-6)
+        self.n += len(vecs)
+
+    def undefined_reason(self, metric: str) -> str:
+        """Why ``metric`` came out NaN, for the task's result (``undefined``)."""
+        if self.same and self.n > 1:
+            return (
+                f"{metric} is undefined: all {self.n} texts got the same embedding, so every similarity is equal "
+                "and a correlation with the gold scores has no ranking to compare"
+            )
+        return (
+            f"{metric} is undefined (NaN): the model's similarities tie within every scored sample "
+            "(a correlation of constant values), or no sample was left to score"
+        )
+
+
 class EmbeddingCache:
     """Embeds texts once per (instruction, text) and counts the encoding work per task."""
 
@@ -158,9 +191,11 @@ class EmbeddingCache:
         self.seconds = 0.0
         self.encoded = 0
         self.requested = 0
+        self.watch = SameEmbedding()
 
     def reset_counters(self) -> None:
         self.seconds, self.encoded, self.requested = 0.0, 0, 0
+        self.watch.reset()
 
     def __call__(self, texts: Sequence[str], instruction: str | None) -> np.ndarray:
         instruction = instruction or None
@@ -176,7 +211,9 @@ class EmbeddingCache:
         self.requested += len(set(texts))
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._vectors[(instruction, t)] for t in texts])
+        out = np.stack([self._vectors[(instruction, t)] for t in texts])
+        self.watch.update(out)
+        return out
 
 
 def _check_embeddings(vecs: Any, n: int, name: str) -> None:

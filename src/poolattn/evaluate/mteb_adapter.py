@@ -23,6 +23,7 @@ shipped data, which is how the tests check that the offline scorers agree with m
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,7 @@ from mteb.types import Licenses, PromptType
 from .. import hub
 from ..io import SCORE_PACKAGES, package_versions, write_json_atomic
 from ..modelinfo import describe
-from .encoders import Encoder, active_precision, encoder_identity, identity_hash
+from .encoders import Encoder, SameEmbedding, active_precision, encoder_identity, identity_hash
 from .tasks import (
     ALL_TASKS,
     QUERY_ONLY,
@@ -173,8 +174,9 @@ class MTEBEncoder(AbsEncoder):
 
     ``instructions`` override the defaults by mteb task name or task type (``"STS"``, ``"Retrieval"``...) or, with
     ``"*"``, for every task; ``None`` or ``""`` means no instruction. ``name`` (``org/model``) and ``revision``
-    label the results; the model's size, embedding dimension, max tokens, base model and its licence and its
-    training data fill the rest of mteb's ``ModelMeta`` where known (:func:`poolattn.modelinfo.describe`).
+    label the results, ``experiment`` (a design's settings) files them as an mteb experiment of ``name``; the
+    model's size, embedding dimension, max tokens, base model and its licence and its training data fill the rest
+    of mteb's ``ModelMeta`` where known (:func:`poolattn.modelinfo.describe`).
     """
 
     def __init__(
@@ -184,9 +186,11 @@ class MTEBEncoder(AbsEncoder):
         instructions: Mapping[str, str | None] | None = None,
         name: str | None = None,
         revision: str | None = None,
+        experiment: Mapping[str, Any] | None = None,
     ) -> None:
         self.encoder = encoder
         self.instructions = dict(instructions or {})
+        self.watched: dict[str, SameEmbedding] = {}  # per task: whether all its texts got one vector
         label = name or getattr(encoder, "name", None) or type(encoder).__name__
         if "/" not in label:
             label = "poolattn/" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
@@ -200,6 +204,7 @@ class MTEBEncoder(AbsEncoder):
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "use_instructions": True,
                 "framework": ["PyTorch"],
+                "experiment_kwargs": {k: v for k, v in (experiment or {}).items() if v not in (None, {}, [])} or None,
                 **known,
             }
         )
@@ -229,7 +234,9 @@ class MTEBEncoder(AbsEncoder):
         **kwargs: Any,
     ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
-        return self.encoder.encode(texts, instruction=self.instruction_for(task_metadata, prompt_type))
+        vecs = self.encoder.encode(texts, instruction=self.instruction_for(task_metadata, prompt_type))
+        self.watched.setdefault(task_metadata.name, SameEmbedding()).update(np.asarray(vecs))
+        return vecs
 
 
 # --------------------------------------------------------------------------------- offline tasks in mteb
@@ -357,12 +364,14 @@ def run_mteb(
     config_hash: str | None = None,
     precision: str | None = None,
     revision: str | None = None,
+    experiment: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` with mteb 2 on ``tasks`` (names or mteb task objects) or on a ``benchmark``.
 
-    mteb's own result files go to ``output_dir/mteb``, filed under the model's name and ``revision``; re-runs
+    mteb's own result files go to ``output_dir/mteb``, filed under the model's name and ``revision`` (and
+    ``experiments/<name>/`` for an ``experiment``: a design's settings, one study being one model); re-runs
     skip the tasks finished under both unless ``overwrite``. ``revision`` defaults to a hash of the exact model
     (:func:`~.encoders.encoder_identity`: ``config_hash`` (default: ``encoder.config_hash()``), weights
     fingerprint, ``precision`` (default: the autocast in force), max length, instruction template, poolattn's
@@ -375,7 +384,7 @@ def run_mteb(
         config_hash = encoder.config_hash()  # type: ignore[attr-defined]
     identity = encoder_identity(encoder, config_hash, precision or active_precision())
     revision = revision or identity_hash(identity)
-    model = MTEBEncoder(encoder, instructions=instructions, name=model_name, revision=revision)
+    model = MTEBEncoder(encoder, instructions=instructions, name=model_name, revision=revision, experiment=experiment)
     out = Path(output_dir)
     results = mteb.evaluate(
         model,
@@ -389,21 +398,32 @@ def run_mteb(
     records = []
     for result in results.task_results:
         task_meta = meta[result.task_name]
+        score = float(result.get_score())
         record = {
             "task": result.task_name,
             "category": CATEGORY_OF_TYPE.get(task_meta.type, task_meta.type.lower()),
             "main_metric": task_meta.main_score,
-            "main_score": float(result.get_score()),
+            "main_score": score,
+            **({} if math.isfinite(score) else {"undefined": undefined_reason(model, result.task_name, task_meta)}),
             "scores": result.scores,
             "evaluation_time": result.evaluation_time,
             "model_id": model.mteb_model_meta.name,
             "revision": revision,
+            "experiment": model.mteb_model_meta.experiment_name,
             **identity,
             "versions": versions,
         }
         write_json_atomic(out / f"{result.task_name}.json", _plain(record))
         records.append(record)
     return records
+
+
+def undefined_reason(model: MTEBEncoder, task: str, metadata: TaskMetadata) -> str:
+    """Why ``task``'s main score is NaN; a result reused from mteb's cache was not watched being encoded."""
+    watched = model.watched.get(task)
+    if watched is None:
+        return f"{metadata.main_score} is undefined (NaN) in mteb's stored result"
+    return watched.undefined_reason(metadata.main_score)
 
 
 def select_mteb_tasks(tasks: Sequence[str | AbsTask] | None, benchmark: str | None) -> list[AbsTask]:

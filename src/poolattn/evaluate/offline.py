@@ -18,6 +18,7 @@ A stored result is reused only for the exact model and settings that made it (:f
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import defaultdict
@@ -140,6 +141,11 @@ def run_suite(
             "main_score": score.main,
             "metrics": score.metrics,
             "per_sample": score.per_sample,
+            **(
+                {}
+                if math.isfinite(score.main)
+                else {"undefined": cache.watch.undefined_reason(MAIN_METRIC[task.category])}
+            ),
             "n_samples": n_samples(data),
             "n_texts": cache.requested,
             "n_encoded": cache.encoded,

@@ -30,15 +30,17 @@ def evaluate_model(
     model_id: str | None = None,
     config_hash: str | None = None,
     instructions: Mapping[str, str | None] | None = None,
+    experiment: Mapping[str, Any] | None = None,
     progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``encoder`` on ``suite`` under ``precision``'s autocast on ``device``; one JSON per task in ``output``.
 
     ``offline``: :func:`~.offline.run_suite` on ``tasks`` (default: the whole suite) at ``profile``.
     ``mteb``: :func:`~.mteb_adapter.run_mteb` on ``tasks`` or ``benchmark``, labelled ``model_id`` and
-    ``config_hash``. ``model_id`` and ``config_hash`` default to the encoder's name and config hash;
-    ``progress=None`` keeps each runner's default (shown). Each result records the precision (``auto`` resolved),
-    and a stored one is reused only for the same precision and weights. Returns the per-task result dicts.
+    ``config_hash`` (an mteb experiment of ``model_id`` given ``experiment``). ``model_id`` and ``config_hash``
+    default to the encoder's name and config hash; ``progress=None`` keeps each runner's default (shown). Each
+    result records the precision (``auto`` resolved), and a stored one is reused only for the same precision and
+    weights. Returns the per-task result dicts.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {list(SUITES)}")
@@ -68,6 +70,7 @@ def evaluate_model(
             model_name=model_id,
             config_hash=config_hash,
             precision=precision,
+            experiment=experiment,
             progress=shown,
         )
         return results or []

@@ -58,6 +58,11 @@ class Pooler(nn.Module):
     def output_dim(self) -> int:
         return self.hidden_size
 
+    @classmethod
+    def option_space(cls) -> dict[str, tuple[Any, ...]]:
+        """Every value of each option that takes one of a set of values (sizes and layer lists excepted)."""
+        return {}
+
     def selected_layers(self) -> list[int]:
         """1-based indices of the decoder layers whose vectors this pooler needs (none by default)."""
         return []

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .base import Pooler, PoolInput, masked_mean
-from .cross_attention import CrossAttentionBlock, resolve_size
+from .cross_attention import PRESETS, CrossAttentionBlock, resolve_size
 from .registry import register
 
 
@@ -22,6 +22,10 @@ class LatentAttentionPooler(Pooler):
         super().__init__(hidden_size, num_layers, attention, **options)
         self.latents = nn.Parameter(torch.randn(self.size.n_latents, hidden_size))
         self.block = CrossAttentionBlock(hidden_size, self.size)
+
+    @classmethod
+    def option_space(cls) -> dict[str, tuple[Any, ...]]:
+        return {"preset": tuple(PRESETS["latent"])}
 
     def forward(self, inputs: PoolInput) -> torch.Tensor:
         states = inputs.last_hidden.to(self.latents.dtype)

@@ -47,6 +47,10 @@ class MultiLayerPooler(PerceiverPooler):
         self.layer_norm = layer_norm
         self.layer_embedding = nn.Parameter(torch.randn(len(self.layers), hidden_size))
 
+    @classmethod
+    def option_space(cls) -> dict[str, tuple[Any, ...]]:
+        return {**super().option_space(), "layer_pooling": LAYER_POOLING, "layer_norm": LAYER_NORMS}
+
     def selected_layers(self) -> list[int]:
         return self.layers
 

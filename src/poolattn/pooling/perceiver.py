@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .base import Pooler
-from .cross_attention import CrossAttentionBlock, resolve_size
+from .cross_attention import PRESETS, CrossAttentionBlock, resolve_size
 
 #: ``normal`` is the paper's N(0, 1). The head's output averages ``attention + latents`` over the latents, so
 #: N(0, 1) latents add one input-independent vector of norm ~sqrt(H / n_latents) to every text's embedding, which a
@@ -33,6 +33,10 @@ class PerceiverPooler(Pooler):
         self.latent_init = init
         self.latents = nn.Parameter(torch.randn(self.size.n_latents, hidden_size) * LATENT_INIT_STD[init])
         self.block = CrossAttentionBlock(hidden_size, self.size)
+
+    @classmethod
+    def option_space(cls) -> dict[str, tuple[Any, ...]]:
+        return {"preset": tuple(PRESETS["perceiver"]), "latent_init": tuple(LATENT_INIT_STD)}
 
     def attend(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """states (B, N, H), mask (B, N) -> mean over latents (B, H), in float32."""

@@ -29,6 +29,10 @@ class TrainablePooler(PerceiverPooler):
         super().__init__(hidden_size, num_layers, attention, **options)
         self.inputs = ("eos" if attention == "causal" else "tokens") if inputs == "auto" else inputs
 
+    @classmethod
+    def option_space(cls) -> dict[str, tuple[Any, ...]]:
+        return {**super().option_space(), "inputs": INPUTS}
+
     def forward(self, inputs: PoolInput) -> torch.Tensor:
         if self.inputs == "eos":
             states = last_token(inputs.last_hidden, inputs.last_index).unsqueeze(1)

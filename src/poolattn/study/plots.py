@@ -160,10 +160,10 @@ def read_loss_log(path: Path) -> tuple[list[int], list[float]]:
 
 
 def plot_layer_quality(layers: Mapping[str, Any], path: Path) -> Path | None:
-    if not layers.get("tasks"):
+    curves = layer_category_curves(layers) if layers.get("tasks") else {}
+    if not curves:
         return None
     plt = _pyplot()
-    curves = layer_category_curves(layers)
     x = np.arange(1, layers["num_layers"] + 1)
     fig, ax = plt.subplots(figsize=(8, 5.4))
     for i, (category, values) in enumerate(curves.items()):

@@ -29,7 +29,13 @@ from .markdown import fmt, fmt_p, md_table
 from .noise import VarianceBudget, section_budget, variance_budget
 from .plots import PLOTS, plot_cka, plot_deltas, plot_layer_quality, plot_losses
 from .ranking import RankingComparison, SeedWins, compare_rankings, section_comparison, section_seed_wins, seed_wins
-from .results import CATEGORY_LABEL, StudyResults, Tables, layer_category_curves
+from .results import (
+    CATEGORY_LABEL,
+    StudyResults,
+    Tables,
+    defined_layer_tasks,
+    layer_category_curves,
+)
 from .sections import power_note, section_paper, section_training, seeds_note
 
 #: How ``eval.precision`` (resolved when the config is read) runs the evaluation's forward passes.
@@ -276,11 +282,12 @@ def section_layers(layers: Mapping[str, Any] | None, plots: Mapping[str, Path | 
     if curves:
         mean = curves["all"]
         best = int(np.argmax(mean)) + 1
-        beats = [t["task"] for t in layers["tasks"] if max(t["scores"][:-1], default=-np.inf) > t["scores"][-1]]
+        defined = defined_layer_tasks(layers)
+        beats = [t["task"] for t in defined if max(t["scores"][:-1], default=-np.inf) > t["scores"][-1]]
         parts.append(
             f"Best layer by the mean over tasks: **{best}** ({fmt(float(mean[best - 1]))}) vs the last layer "
             f"{fmt(float(mean[-1]))}. A non-final layer beats the last one on **{len(beats)} of "
-            f"{len(layers['tasks'])}** tasks{': ' + ', '.join(beats) if beats else ''}."
+            f"{len(defined)}** tasks{': ' + ', '.join(beats) if beats else ''}."
         )
         rows = [
             [
@@ -292,6 +299,14 @@ def section_layers(layers: Mapping[str, Any] | None, plots: Mapping[str, Path | 
             for c, v in curves.items()
         ]
         parts.append(md_table(["category", "best layer", "best score", f"layer {n} (last)"], rows))
+    undefined = [t for t in layers["tasks"] if t not in defined_layer_tasks(layers)]
+    if undefined:
+
+        def where(task: Mapping[str, Any]) -> str:
+            nan = ", ".join(str(i + 1) for i, v in enumerate(task["scores"]) if not np.isfinite(v))
+            return f"{task['task']} at layer(s) {nan} ({task.get('undefined') or 'the main score is NaN'})"
+
+        parts.append("**Left out (score undefined):** " + "; ".join(where(t) for t in undefined) + ".")
     cka = np.asarray(layers.get("cka", {}).get("matrix") or [])
     if cka.size:
         parts.append(
@@ -394,6 +409,18 @@ def section_environment(results: StudyResults) -> str:
     return "\n".join(lines)
 
 
+def undefined_note(undefined: Mapping[str, Mapping[str, Any]]) -> str:
+    """The datasets left out of every table and test because a design's score on them is undefined, and why."""
+    lines = [
+        f"- {task} ({CATEGORY_LABEL.get(u['category'], u['category'])}; {', '.join(u['designs'])}): {u['reason']}"
+        for task, u in undefined.items()
+    ]
+    return (
+        f"**Undefined scores:** {len(undefined)} dataset(s) left out of every table and test below (a difference "
+        "with an undefined score is undefined):\n\n" + "\n".join(lines)
+    )
+
+
 def render_markdown(
     findings: Findings,
     plots: Mapping[str, Path | None],
@@ -416,6 +443,8 @@ def render_markdown(
     ]
     if results.missing:
         parts.append(f"**Not finished yet:** {', '.join(results.missing)} (left out of the tables below).")
+    if tables.undefined:
+        parts.append(undefined_note(tables.undefined))
     parts += ["## Designs", section_designs(results, tables)]
     parts += ["## Table 1: main score per category", section_table1(results, tables, learning)]
     if plots.get("deltas"):

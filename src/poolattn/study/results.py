@@ -235,6 +235,8 @@ class Tables:
     seeds: dict[str, dict[str, dict[str, float]]]  # design -> category -> seed summary
     settings: dict[str, Any]
     power: dict[str, dict[str, Any]] = field(default_factory=dict)  # category -> minimum detectable effects
+    #: task -> category, designs and reason, for datasets left out of every table and test: a NaN score
+    undefined: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def single_seed(self) -> bool:
@@ -253,6 +255,8 @@ def compute_tables(results: StudyResults) -> Tables:
     designs = [name for name in (d["name"] for d in results.config["designs"]) if name in results.designs]
     ref = results.designs[reference]
     tasks = {t: s.category for t, s in ref.tasks.items() if all(t in results.designs[d].tasks for d in designs)}
+    undefined = undefined_tasks(results, designs, tasks)
+    tasks = {t: c for t, c in tasks.items() if t not in undefined}
     categories = ordered_categories(tasks.values())
     by_category = {c: [t for t, cat in tasks.items() if cat == c] for c in categories}
     table1: dict[str, dict[str, Table1Entry]] = {}
@@ -292,6 +296,7 @@ def compute_tables(results: StudyResults) -> Tables:
         seeds=seed_summaries(results, designs, tasks, categories),
         settings=dict(settings),
         power=power_summary(table1, categories, alpha=alpha, n_tests=len(within)),
+        undefined=undefined,
     )
 
 
@@ -300,6 +305,26 @@ def training_noise_measured(results: StudyResults, a: str, b: str) -> bool:
     were trained with several seeds."""
     trained = [d for d in (a, b) if results.designs[d].spec.get("train", True)]
     return not trained or all(len(results.designs[d].seed_tasks) > 1 for d in trained)
+
+
+def undefined_tasks(
+    results: StudyResults, designs: Sequence[str], tasks: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """The datasets where some design's score (any seed) is not a number, with the designs and the reason its
+    evaluation recorded; the tables and tests leave them out, since a difference with NaN is undefined."""
+    out: dict[str, dict[str, Any]] = {}
+    for task, category in tasks.items():
+        bad = {
+            name: result
+            for name in designs
+            for result in results.designs[name].seed_tasks.values()
+            if task in result and not math.isfinite(float(result[task]["main_score"]))
+        }
+        if bad:
+            first = next(iter(bad.values()))[task]
+            reason = first.get("undefined") or f"{first.get('main_metric', 'the main score')} is NaN"
+            out[task] = {"category": category, "designs": list(bad), "reason": reason}
+    return out
 
 
 def compare_designs(
@@ -412,11 +437,20 @@ def seed_summaries(
     return out
 
 
+def defined_layer_tasks(layers: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The layer tasks with a score at every layer (the others are named in the report with their reason)."""
+    return [t for t in layers["tasks"] if all(math.isfinite(s) for s in t["scores"])]
+
+
 def layer_category_curves(layers: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Mean main score per layer for each category of the layer tasks, plus ``all`` (mean over tasks)."""
+    """Mean main score per layer for each category of the layer tasks with defined scores, plus ``all`` (mean
+    over those tasks); empty when no task has a score at every layer."""
+    tasks = defined_layer_tasks(layers)
+    if not tasks:
+        return {}
     by_category: dict[str, list[list[float]]] = {}
-    for task in layers["tasks"]:
+    for task in tasks:
         by_category.setdefault(task["category"], []).append(task["scores"])
     curves = {c: np.mean(by_category[c], axis=0) for c in ordered_categories(by_category)}
-    curves["all"] = np.mean([t["scores"] for t in layers["tasks"]], axis=0)
+    curves["all"] = np.mean([t["scores"] for t in tasks], axis=0)
     return curves

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -395,9 +396,10 @@ class StudyRunner:
             tasks=evaluation.tasks,
             benchmark=evaluation.benchmark,
             profile=evaluation.profile,
-            model_id=cell.name,
+            model_id=cell.name if evaluation.suite == "offline" else self.mteb_name,
             config_hash=cell.hash,
             instructions=evaluation.instructions or None,
+            experiment={"design": cell.design.name, "seed": cell.seed, **cell.design.identity()},
             progress=self.progress,
         )
         if evaluation.suite == "mteb":
@@ -408,6 +410,11 @@ class StudyRunner:
         texts = sum(int(r.get("n_encoded") or 0) for r in results)
         seconds = sum(float(r.get("encode_seconds") or 0.0) for r in results)
         return {"texts": texts, "seconds": seconds, "source": "encode"}
+
+    @property
+    def mteb_name(self) -> str:
+        """The study as one mteb model (``poolattn/<study>``); each cell is an experiment of it."""
+        return "poolattn/" + (re.sub(r"[^A-Za-z0-9._-]+", "-", self.study.name).strip("-") or "study")
 
     # ------------------------------------------------------------------ layers
     def layer_store(self) -> LayerStore:
@@ -461,6 +468,8 @@ class StudyRunner:
                     result["task"], {"task": result["task"], "category": result["category"], "scores": []}
                 )
                 entry["scores"].append(float(result["main_score"]))
+                if "undefined" in result:
+                    entry.setdefault("undefined", result["undefined"])
             if self.progress and (layer % 5 == 0 or layer == self.num_layers):
                 console.print(f"  layers: scored {layer}/{self.num_layers}")
         sample = store.sample(self.study.layers.cka_texts)

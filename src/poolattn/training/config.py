@@ -31,6 +31,7 @@ from ..config import (
     read_toml,
     to_toml,
 )
+from ..data import check_field_map
 from ..io import write_text_atomic
 
 __all__ = [
@@ -109,9 +110,15 @@ class ModelSection:
 class DataSection:
     """``[data]``: the training records."""
 
-    #: A file (JSONL, CSV/TSV, Parquet), a ``datasets`` folder or name, or built-in sets joined by ``+``
-    #: (:mod:`poolattn.sources`: ``mined``, ``movie-dialog``, ``simcse``; ``default`` is ``mined``).
+    #: A file (JSONL, CSV/TSV, Parquet), a ``datasets`` folder or hub id (``yixuantt/ir_data``), or built-in sets
+    #: joined by ``+`` (:mod:`poolattn.sources`: ``mined``, ``movie-dialog``, ``simcse``; ``default`` is ``mined``).
     path: str = "default"
+    #: Record field -> the source's column, for sources that name them otherwise (``{ positive = "postive" }``).
+    fields: dict[str, str] = field(default_factory=dict)
+    #: The split of a ``datasets`` folder or hub dataset.
+    split: str = "train"
+    #: The hub dataset's revision (a commit, tag or branch; ``None``: the latest).
+    revision: str | None = None
     #: Use this many records (a seeded subset); ``None``: all.
     n_pairs: int | None = None
     #: Skip malformed records (counted in the summary) instead of failing on the first.
@@ -314,6 +321,10 @@ def check_config(config: TrainConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} = {value!r}; choose one of {list(allowed)}", key=key)
+    try:
+        check_field_map(config.data.fields)
+    except ValueError as err:
+        raise ConfigError(f"data.fields: {err}", key="data.fields") from None
 
 
 def load_train_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -25,7 +25,14 @@ def read_training_data(config: TrainConfig) -> ReadResult:
     if is_builtin(data.path):
         records = builtin_training_set(data.path, n, seed, data.hard_negatives or "none", data.instruction)
         return ReadResult(records, [], data.path)
-    result = read_records(data.path, skip_bad=data.skip_bad, instruction=data.instruction)
+    result = read_records(
+        data.path,
+        skip_bad=data.skip_bad,
+        instruction=data.instruction,
+        fields=data.fields,
+        split=data.split,
+        revision=data.revision,
+    )
     records = add_hard_negatives(
         record_subset(result.records, n, seed),
         "none" if data.hard_negatives in (None, "auto") else data.hard_negatives,
