@@ -513,11 +513,15 @@ def report(
     ] = None,
 ) -> None:
     """Re-render a study's report (Markdown + HTML) from its stored results."""
+    from contextlib import nullcontext
+
+    from .outputs import locked
     from .study.report import render_report
 
-    try:
-        path = render_report(folder, compare=compare)
-    except (FileNotFoundError, ValueError) as err:
+    try:  # the folder's lock: a running `poolattn experiment` writes the same files
+        with locked(folder) if folder.is_dir() else nullcontext():
+            path = render_report(folder, compare=compare)
+    except (OSError, ValueError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {path}")
 
