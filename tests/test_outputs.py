@@ -446,8 +446,23 @@ def test_saved_attn_implementation_must_be_a_known_one(tiny_llama, tmp_path, tex
     )
 
 
-def test_cache_pointing_at_a_file_is_one_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["assets"],
+        ["encode", "default", "-i", "{texts}", "-o", "{out}/v.npy"],
+        ["train", "--set", "recipe.steps=1", "--set", "output.dir={out}/train"],
+        ["adapt", "--output", "{out}/adapt"],
+        ["eval", "default", "--output", "{out}/eval"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_cache_pointing_at_a_file_is_one_line_in_every_command(tmp_path, monkeypatch, command):
     cache = tmp_path / "cache"
     cache.write_text("")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\nsecond text\n")
     monkeypatch.setenv("POOLATTN_CACHE", str(cache))
-    one_error_line(["assets"], f"POOLATTN_CACHE={cache} is a file, not a folder")
+    args = [a.format(texts=texts, out=tmp_path / "out") for a in command]
+    one_error_line(args, f"POOLATTN_CACHE={cache} is a file, not a folder")
+    assert not (tmp_path / "out").exists()

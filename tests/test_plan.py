@@ -105,3 +105,33 @@ def test_a_count_hint_gives_a_model_of_about_that_size():
     assert Params(n, 0, 0, 0).matmul == n
     with pytest.raises(PlanError, match="unknown key 'width'"):
         hinted_config("width=3")
+
+
+def test_the_adapt_stage_and_the_layer_analysis_are_rows_of_the_total():
+    options = PlanOptions(gpu="h100", gpus=8, params="family=mistral")
+    plan = plan_study(load_study("configs/paper.toml"), options)  # [layers], no [adapt]
+    assert [s.name for s in plan.stages] == ["layers"]
+    (layers,) = plan.stages
+    assert layers.params.backbone == 7_110_660_096 and not layers.train_flops and layers.eval_flops > 0
+    assert plan.parts()["[layers]"] > 0 and "[adapt]" not in plan.parts()
+    text = "\n".join(plan.lines())
+    assert "\nlayers " in text and "[layers])" in text and "adapt-s0" not in text
+
+    overrides = ["adapt.steps=1000", "adapt.batch_size=16", "adapt.max_length=512", "layers.enabled=false"]
+    adapted = plan_study(load_study("configs/paper.toml", overrides), options)
+    (adapt,) = adapted.stages
+    assert adapt.name == "adapt-s0" and adapt.params.adapter == 41_943_040  # LLM2Vec's r 16 on every linear
+    assert adapt.params.head == 32000 * 4096  # Mistral's own (untied) LM head
+    tokens = 1000 * 16 * 512
+    assert 4 * adapt.params.matmul * tokens < adapt.train_flops < 1.3 * 4 * adapt.params.matmul * tokens
+    assert adapt.memory["weights"] > (adapt.params.backbone + adapt.params.head) * 2
+    hours = adapted.parts()
+    assert "[layers]" not in hours and hours["[adapt]"] > 0
+    assert adapted.total_hours == pytest.approx(sum(sum(adapted.cell_hours(r)) for r in adapted.rows))
+    assert adapted.wall_hours == pytest.approx(hours["training"] / 8 + hours["evaluation"] + hours["[adapt]"])
+    assert max(r.peak_memory for r in adapted.rows) == adapt.peak_memory  # no checkpointing in MNTP
+    assert f"peak memory: {adapt.peak_memory / 1e9:.1f} GB per device (adapt-s0)" in "\n".join(adapted.lines())
+    with pytest.raises(PlanError, match=r"adapt\.batch_size: adapt-s0 needs .* more than a h100's 80 GB"):
+        adapted.check_fits()
+    plain = plan_study(load_study("configs/paper.toml", ["layers.enabled=false"]), options)
+    assert not plain.stages and plan.total_hours > plain.total_hours

@@ -774,3 +774,25 @@ def test_an_undefined_score_is_left_out_with_its_reason(tmp_path: Path) -> None:
     assert not any(row["task"] == "sts-0" for row in tables["per_dataset"])
     section = markdown.split("## Layer-wise analysis")[1].split("\n## ")[0]
     assert "**2 of 2** tasks" in section and "c at layer(s) 2 (tied)" in section
+
+
+def test_report_fails_at_once_while_a_run_holds_the_folder(study: Path) -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+    from poolattn.outputs import locked
+
+    report = study / "report.md"
+    before = report.stat().st_mtime_ns
+    with locked(study):  # as a running `poolattn experiment` holds it
+        held = CliRunner().invoke(app, ["report", str(study)])
+    lines = held.output.strip().splitlines()
+    assert held.exit_code == 2 and len(lines) == 1, held.output
+    assert f"error: {study} is in use by another poolattn run (pid {os.getpid()})" in lines[0]
+    assert report.stat().st_mtime_ns == before
+    free = CliRunner().invoke(app, ["report", str(study)])
+    assert free.exit_code == 0 and report.stat().st_mtime_ns > before, free.output
+    missing = CliRunner().invoke(app, ["report", str(study.parent / "none")])
+    assert missing.exit_code == 2 and not (study.parent / "none").exists()

@@ -5,12 +5,29 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+
+class Commands(TyperGroup):
+    """The command group: an asset that cannot be resolved (``POOLATTN_CACHE`` a file, a failed fetch) ends any
+    command in one error line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .assets import AssetError
+
+        try:
+            return super().invoke(ctx)
+        except AssetError as err:
+            fail(str(err))
+
 
 app = typer.Typer(
+    cls=Commands,
     help="Turn decoder LLMs into embedding models and find out which attention and pooling design works best.",
     no_args_is_help=True,
     add_completion=False,
@@ -513,11 +530,15 @@ def report(
     ] = None,
 ) -> None:
     """Re-render a study's report (Markdown + HTML) from its stored results."""
+    from contextlib import nullcontext
+
+    from .outputs import locked
     from .study.report import render_report
 
-    try:
-        path = render_report(folder, compare=compare)
-    except (FileNotFoundError, ValueError) as err:
+    try:  # the folder's lock: a running `poolattn experiment` writes the same files
+        with locked(folder) if folder.is_dir() else nullcontext():
+            path = render_report(folder, compare=compare)
+    except (OSError, ValueError) as err:
         fail(str(err))
     console.print(f"[bold green]report:[/] {path}")
 
@@ -557,12 +578,9 @@ def assets(
 
     from . import assets as asset_store
 
-    try:
-        cache = asset_store.cache_dir()
-        if fetch:
-            asset_store.fetch(list(names) if names else None)
-    except asset_store.AssetError as err:
-        fail(str(err))
+    cache = asset_store.cache_dir()
+    if fetch:
+        asset_store.fetch(list(names) if names else None)
     table = Table(title=f"poolattn assets in {cache}")
     for column in ("name", "kind", "requirement", "cached", "size", "description"):
         table.add_column(column)
