@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from poolattn import corpora
+from poolattn import corpora, sentence_corpora
 from poolattn.corpora import CorpusError
 
 
@@ -30,8 +30,8 @@ def fake_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         corpora.mini_newsgroups,
         corpora.movie_dialog,
         corpora.pang_lee_polarity,
-        corpora.rotten_tomatoes,
-        corpora.bible,
+        sentence_corpora.rotten_tomatoes,
+        sentence_corpora.bible,
     )
 
     def make(content: str | bytes, reader) -> Path:
@@ -157,19 +157,19 @@ def test_movie_dialog_raw() -> None:
 
 
 def test_bible_translations_are_verse_aligned() -> None:
-    names = corpora.bible_book_names()
+    names = sentence_corpora.bible_book_names()
     assert len(names) == 66 and names[0] == "Genesis" and names[42] == "John" and names[-1] == "Revelation"
-    first = {v: corpora.bible(v)[0].text for v in corpora.BIBLE_VERSIONS}
+    first = {v: sentence_corpora.bible(v)[0].text for v in sentence_corpora.BIBLE_VERSIONS}
     assert first == {
         "kjv": "In the beginning God created the heaven and the earth.",
         "web": "In the beginning God created the heavens and the earth.",
         "ylt": "In the beginning of God's preparing the heavens and the earth --",
     }
-    kjv = {v.ref: v.text for v in corpora.bible("kjv")}
+    kjv = {v.ref: v.text for v in sentence_corpora.bible("kjv")}
     assert len(kjv) == 31102 and kjv[19023001] == "The LORD is my shepherd; I shall not want."  # brackets dropped
-    assert {v.ref for v in corpora.bible("ylt")} == set(kjv)
+    assert {v.ref for v in sentence_corpora.bible("ylt")} == set(kjv)
     # the WEB puts the closing doxology of Romans at 14:24-26, the KJV at 16:25-27: those verses stay unpaired
-    assert {v.ref for v in corpora.bible("web")} ^ set(kjv) == {
+    assert {v.ref for v in sentence_corpora.bible("web")} ^ set(kjv) == {
         45014024,
         45014025,
         45014026,
@@ -177,38 +177,40 @@ def test_bible_translations_are_verse_aligned() -> None:
         45016026,
         45016027,
     }
-    test, train = corpora.bible_parallel("test"), corpora.bible_parallel("train")
+    test, train = sentence_corpora.bible_parallel("test"), sentence_corpora.bible_parallel("train")
     assert (len(test), len(train)) == (10213, 20883)
     held_out = sorted({names[row[0].book - 1] for row in test}, key=names.index)
     assert held_out[:4] == ["2 Kings", "2 Chronicles", "Nehemiah", "Psalms"] and len(held_out) == 20
     assert not {row[0].book for row in test} & {row[0].book for row in train}
     assert all(len({v.ref for v in row}) == 1 for row in test[:500])
     with pytest.raises(ValueError, match="unknown Bible version"):
-        corpora.bible("niv")
+        sentence_corpora.bible("niv")
 
 
 def test_rotten_tomatoes() -> None:
-    snippets = corpora.rotten_tomatoes()
+    snippets = sentence_corpora.rotten_tomatoes()
     assert Counter(s.category for s in snippets) == {"fresh": 7368, "rotten": 5383, "plot": 1083}
     assert len({s.movie for s in snippets}) == 1434 and not any("&amp;" in s.text for s in snippets)
 
 
 def test_bible_and_rotten_tomatoes_errors(fake_file) -> None:
-    fake_file("x = 1\n", corpora.bible)
+    fake_file("x = 1\n", sentence_corpora.bible)
     with pytest.raises(CorpusError, match="no triple-quoted scripture text"):
-        corpora.bible("kjv")
+        sentence_corpora.bible("kjv")
     fake_file(
-        'bible = Bible(\n    """\n1. Text.""",\n    {\n        1001001: 1,\n    },\n    {\n    },\n)\n', corpora.bible
+        'bible = Bible(\n    """\n1. Text.""",\n    {\n        1001001: 1,\n    },\n    {\n    },\n)\n',
+        sentence_corpora.bible,
     )
     with pytest.raises(CorpusError, match="verse starts and 0 ends"):
-        corpora.bible("kjv")
+        sentence_corpora.bible("kjv")
     import bz2
 
     fake_file(
-        bz2.compress(b"category,text,movie_name,has_plot_and_reviews\nmeh,Bad.,m,False\n"), corpora.rotten_tomatoes
+        bz2.compress(b"category,text,movie_name,has_plot_and_reviews\nmeh,Bad.,m,False\n"),
+        sentence_corpora.rotten_tomatoes,
     )
     with pytest.raises(CorpusError, match="line 2, field 'category'"):
-        corpora.rotten_tomatoes()
+        sentence_corpora.rotten_tomatoes()
 
 
 def test_word_similarity_error_names_file_line_field(fake_file) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from poolattn import assets, corpora, stats
+from poolattn import assets, corpora, sentence_corpora, stats
 from poolattn.evaluate import offline
 from poolattn.evaluate.encoders import EmbeddingCache, SentenceTransformerEncoder
 from poolattn.evaluate.scorers import K_VALUES, score_ranking, score_sts, undersample
@@ -231,7 +231,7 @@ def test_bible_tasks_known_items() -> None:
     used = {
         t for name in SENTENCE_TASK_SIZES if name.startswith("Bible") for t in get_task(name).load("full").all_texts()
     }
-    held_out = {v.text for row in corpora.bible_parallel("test") for v in row}
+    held_out = {v.text for row in sentence_corpora.bible_parallel("test") for v in row}
     assert used <= held_out  # every Bible evaluation text comes from a held-out book
 
 

@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from poolattn.cli import app
-from poolattn.plan import PlanError, PlanOptions, hinted_config, plan_study, plan_training
+from poolattn.costs import PlanError, hinted_config
+from poolattn.plan import PlanOptions, plan_study, plan_training
 from poolattn.study import load_study
 from poolattn.training import load_train_config
 
@@ -97,7 +98,7 @@ def test_offline_without_a_config_asks_for_a_hint():
 
 
 def test_a_count_hint_gives_a_model_of_about_that_size():
-    from poolattn.plan import Params, meta_backbone
+    from poolattn.costs import Params, meta_backbone
 
     model = meta_backbone(hinted_config("7.2B"))
     n = sum(p.numel() for p in model.parameters())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from poolattn import EmbeddingModel
-from poolattn.model import reduce_states
+from poolattn.layer_states import reduce_states
 from poolattn.pooling import POOLERS, PoolInput, build_pooler
 from poolattn.pooling.cross_attention import compact, paper_latent, paper_perceiver, resolve_size
 from poolattn.pooling.multilayer import normalise_layers

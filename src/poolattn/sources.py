@@ -6,7 +6,7 @@
 * ``simcse``: each pool line paired with itself (unsupervised SimCSE: dropout is the only noise, so it needs
   ``lora.dropout`` > 0 to teach anything).
 * ``bible``: a King James verse paired with its World English Bible rendering (a paraphrase signal), from the
-  46 books the Bible evaluation tasks do not hold out (:func:`poolattn.corpora.bible_parallel`).
+  46 books the Bible evaluation tasks do not hold out (:func:`poolattn.sentence_corpora.bible_parallel`).
 
 The movie sets are built from the movie-dialogue *train* split, which holds no text of the held-out test split or
 of any evaluation task (:func:`poolattn.data.evaluation_texts`), and the mined pool drops every evaluation text
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import assets, corpora, mining
+from . import assets, mining, sentence_corpora
 from .corpora import normalize
 from .data import (
     DEFAULT_INSTRUCTION,
@@ -95,10 +95,10 @@ def _simcse(n: int | None, seed: int, hard_negatives: str, instruction: str | No
 
 def _bible(n: int | None, seed: int, hard_negatives: str, instruction: str | None) -> list[TrainRecord]:
     blocked = {normalize(t) for t in evaluation_texts()}
-    kjv, web = list(corpora.BIBLE_VERSIONS).index("kjv"), list(corpora.BIBLE_VERSIONS).index("web")
+    kjv, web = list(sentence_corpora.BIBLE_VERSIONS).index("kjv"), list(sentence_corpora.BIBLE_VERSIONS).index("web")
     pairs = [
         (row[kjv].text, row[web].text)
-        for row in corpora.bible_parallel("train")
+        for row in sentence_corpora.bible_parallel("train")
         if normalize(row[kjv].text) not in blocked and normalize(row[web].text) not in blocked
     ]
     records = [TrainRecord(q, p, [], instruction or STS_INSTRUCTION) for q, p in subset(pairs, n, seed)]

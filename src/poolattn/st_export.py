@@ -27,7 +27,8 @@ from typing import Any
 from . import modelinfo, st_module
 from ._version import __version__
 from .io import load_json_object
-from .outputs import install, kind_of, make_temp, read_marker, user_entries
+from .outputs import install, read_marker, user_entries
+from .targets import kind_of, make_temp
 
 #: The custom module's file name inside an exported folder (its ``modules.json`` type is ``poolattn_module.*``).
 MODULE_FILE = "poolattn_module.py"

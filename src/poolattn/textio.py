@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from .io import write_atomic
-from .outputs import OutputError, check_file_target
+from .targets import OutputError, check_file_target
 
 #: Output formats by file suffix.
 FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".parquet": "parquet"}

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
-from .. import corpora
+from .. import corpora, sentence_corpora
 from ..corpora import hash_order, in_test_split, normalize
+from ..sentence_corpora import Verse
 from .task_data import ClassificationData, ClusteringData, PairData, RetrievalData, STSData
 
 MAX_DOC_WORDS = 128  # long documents are clipped (about 160 tokens) before encoding
@@ -234,14 +235,14 @@ BIBLE_RERANK_CANDIDATES = 20
 
 
 def _version(name: str) -> int:
-    return list(corpora.BIBLE_VERSIONS).index(name)
+    return list(sentence_corpora.BIBLE_VERSIONS).index(name)
 
 
 @cache
-def bible_pool(a: str, b: str) -> tuple[tuple[corpora.Verse, corpora.Verse], ...]:
+def bible_pool(a: str, b: str) -> tuple[tuple[Verse, Verse], ...]:
     """(version ``a``, version ``b``) renderings of the held-out books' verses, in canonical order; a verse is
     kept only when both renderings differ and neither text occurs twice in its version's held-out books."""
-    rows = [(row[_version(a)], row[_version(b)]) for row in corpora.bible_parallel("test")]
+    rows = [(row[_version(a)], row[_version(b)]) for row in sentence_corpora.bible_parallel("test")]
     counts: dict[str, int] = defaultdict(int)
     for x, y in rows:
         counts["a" + normalize(x.text)] += 1
@@ -255,7 +256,7 @@ def bible_pool(a: str, b: str) -> tuple[tuple[corpora.Verse, corpora.Verse], ...
     )
 
 
-def _chapters(pool: Sequence[tuple[corpora.Verse, corpora.Verse]]) -> dict[tuple[int, int], list[int]]:
+def _chapters(pool: Sequence[tuple[Verse, Verse]]) -> dict[tuple[int, int], list[int]]:
     """Pool indices by (book, chapter), in verse order."""
     chapters: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (x, _) in enumerate(pool):
@@ -263,7 +264,7 @@ def _chapters(pool: Sequence[tuple[corpora.Verse, corpora.Verse]]) -> dict[tuple
     return chapters
 
 
-def _anchors(pool: Sequence[tuple[corpora.Verse, corpora.Verse]], salt: str) -> list[int]:
+def _anchors(pool: Sequence[tuple[Verse, Verse]], salt: str) -> list[int]:
     """Pool indices in stable-hash order of the verse reference (take a prefix to sample)."""
     return hash_order(range(len(pool)), lambda i: str(pool[i][0].ref), salt)
 
@@ -361,8 +362,8 @@ def bible_reranking(n: int, a: str, b: str, salt: str) -> RetrievalData:
 
 def bible_book_clustering(n: int, version: str, salt: str) -> ClusteringData:
     """Verses of the held-out books in ``version``, labelled by book."""
-    names = corpora.bible_book_names()
-    rows = [row[_version(version)] for row in corpora.bible_parallel("test")]
+    names = sentence_corpora.bible_book_names()
+    rows = [row[_version(version)] for row in sentence_corpora.bible_parallel("test")]
     return clustering([(v.text, names[v.book - 1]) for v in rows], n, salt)
 
 
@@ -375,14 +376,14 @@ def rt_sentiment() -> list[corpora.LabelledText]:
     """Critic snippets labelled by the critic's verdict: fresh = positive, rotten = negative."""
     return [
         corpora.LabelledText(s.text, RT_SENTIMENT_LABELS[s.category])
-        for s in corpora.rotten_tomatoes()
+        for s in sentence_corpora.rotten_tomatoes()
         if s.category in RT_SENTIMENT_LABELS
     ]
 
 
 def rt_subjectivity() -> list[corpora.LabelledText]:
     """Plot-summary sentences (objective) and as many critic snippets (subjective, first in stable-hash order)."""
-    snippets = corpora.rotten_tomatoes()
+    snippets = sentence_corpora.rotten_tomatoes()
     objective = corpora.dedupe(
         (
             sentence.strip()
@@ -402,7 +403,7 @@ def rt_subjectivity() -> list[corpora.LabelledText]:
 def rt_plot_retrieval(n: int) -> RetrievalData:
     """Critic snippet (>= 6 words) -> the plot summary of the movie it reviews; the corpus holds every plot
     summary of a movie with reviewed snippets."""
-    snippets = corpora.rotten_tomatoes()
+    snippets = sentence_corpora.rotten_tomatoes()
     plots = {s.movie: clip(s.text) for s in snippets if s.category == "plot"}
     reviews = [s for s in snippets if s.category != "plot" and s.movie in plots and len(s.text.split()) >= 6]
     chosen = sample(reviews, n, lambda s: s.text, "rt-plot")

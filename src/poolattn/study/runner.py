@@ -47,8 +47,8 @@ from ..config import KeyLocator
 from ..data import TrainRecord
 from ..evaluate import evaluate_model
 from ..evaluate.offline import select_tasks
-from ..io import environment, move_aside, now, read_json, write_json_atomic
-from ..machine import summary_line
+from ..io import move_aside, now, read_json, write_json_atomic
+from ..machine import environment, summary_line
 from ..model import EmbeddingModel
 from ..outputs import owned_run
 from ..pooling import build_pooler

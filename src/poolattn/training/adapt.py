@@ -37,8 +37,9 @@ from ..assets import resolve_backbone
 from ..backbone import ADAPTER_CONFIG, autocast_precision, resolve_precision
 from ..data import DataOrder, TrainRecord
 from ..io import now, read_json, write_json_atomic
-from ..model import EmbeddingModel, replace_dir
-from ..outputs import make_temp, owned_run
+from ..model import EmbeddingModel
+from ..outputs import owned_run, replace_dir
+from ..targets import make_temp
 from ..threads import apply_budget, pin_threads
 from .adapt_config import ADAPT_CONFIG_FILE, ADAPT_LOG, ADAPT_SUMMARY, AdaptConfig, AdaptTexts, adapt_texts
 from .adapt_config import write_adapt_config as write_config

@@ -31,7 +31,8 @@ from ..assets import resolve_backbone
 from ..data import DataError, DataOrder, ReadResult, TrainRecord
 from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..model import EmbeddingModel
-from ..outputs import OutputError, check_free_space, owned_run, save_failure
+from ..outputs import check_free_space, owned_run, save_failure
+from ..targets import OutputError
 from ..threads import apply_budget, pin_threads
 from .checkpoints import checkpoints, rng_state, set_rng_state
 from .config import (
