@@ -77,7 +77,8 @@ TRUST_HELP = (
     " refused); only for sources you trust"
 )
 PRECISION_HELP = (
-    "auto | fp32 | bf16: bf16 runs the matmuls under bfloat16 autocast (cosine to the float32 embeddings >= 0.999);"
+    "auto | fp32 | bf16 | int8: bf16 runs the matmuls under bfloat16 autocast (cosine to the float32 embeddings"
+    " >= 0.999); int8 runs an int8 copy of the backbone's linear layers, on a CPU only (cosine >= 0.99);"
     " auto = bf16 where its matmuls measure faster than float32's on this machine (`poolattn machine` shows it)"
 )
 
@@ -206,6 +207,9 @@ def encode(
             compile=compile,
             trust_remote_code=trust_remote_code,
         )
+        from .model import for_precision
+
+        m = for_precision(m, precision)
     except (ValueError, OSError) as err:
         fail(str(err))
     from .backbone import autocast_precision
@@ -372,6 +376,9 @@ def evaluate(
                 compile=compile,
                 trust_remote_code=trust_remote_code,
             )
+            from .model import for_precision
+
+            encoder = for_precision(encoder, precision)
         except (ValueError, OSError) as err:
             fail(str(err))
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device
@@ -603,6 +610,9 @@ def serve(
             max_length=max_length,
             trust_remote_code=trust_remote_code,
         )
+        from .model import for_precision
+
+        m = for_precision(m, precision)
     except (ValueError, OSError) as err:
         fail(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

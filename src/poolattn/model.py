@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,7 +24,16 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ._version import __version__
-from .backbone import check_attention, decoder_layers, load_backbone, refuse_remote_code, resolve_dtype, run_backbone
+from .backbone import (
+    INT8_CPU_ONLY,
+    BackboneError,
+    check_attention,
+    decoder_layers,
+    load_backbone,
+    refuse_remote_code,
+    resolve_dtype,
+    run_backbone,
+)
 from .config import build_from
 from .dropout import speed_up_dropout
 from .fingerprints import ModuleFingerprint
@@ -456,6 +466,36 @@ class EmbeddingModel(nn.Module):
             if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
                 speed_up_dropout(module.lora_dropout)
 
+    # ------------------------------------------------------------------ int8
+    @property
+    def is_int8(self) -> bool:
+        """Whether the backbone's linear layers are int8 (:meth:`int8`)."""
+        from .quantize import Int8Linear
+
+        return any(isinstance(module, Int8Linear) for module in self.backbone.modules())
+
+    def int8(self) -> EmbeddingModel:
+        """A copy for int8 CPU inference (see :mod:`poolattn.quantize`): LoRA merged, float32, the backbone's linear
+        layers int8, the pooling head as it was; this model is left untouched. Cosine to float32 >= 0.99."""
+        if self.device.type != "cpu":
+            raise BackboneError(INT8_CPU_ONLY)
+        if self.is_int8:
+            return self
+        from .quantize import quantize_backbone
+
+        backbone = copy.deepcopy(self.backbone).float()
+        if hasattr(backbone, "peft_config"):
+            backbone = backbone.merge_and_unload()
+        with torch.random.fork_rng(devices=[]):  # the head is replaced by a copy of this model's
+            model = type(self)(self.config, backbone, self.tokenizer)
+        model.pooler = copy.deepcopy(self.pooler).float()
+        model.trust_remote_code = self.trust_remote_code
+        for name in ("backbone_trained", "folder"):
+            if hasattr(self, name):
+                setattr(model, name, getattr(self, name))
+        quantize_backbone(model.eval())
+        return model
+
     @property
     def has_adapter(self) -> bool:
         return hasattr(self.backbone, "peft_config")
@@ -472,6 +512,8 @@ class EmbeddingModel(nn.Module):
         ``backbone_weights=None`` stores full weights only when they may differ from the referenced backbone
         (i.e. they were trained without an adapter). The folder is written next to its target and renamed.
         """
+        if self.is_int8:
+            raise ValueError("an int8 copy is for inference only: save the float32 model it was made from")
         target = Path(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp(target, folder=True)
@@ -552,6 +594,12 @@ class EmbeddingModel(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def for_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
+    """``model`` as ``precision`` computes with it: an int8 copy (:meth:`EmbeddingModel.int8`) for ``int8``,
+    else itself (autocast does the rest: :func:`~poolattn.backbone.autocast_precision`)."""
+    return model.int8() if precision == "int8" else model
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A fast tokenizer with a pad token (the EOS when the model has none)."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -1,0 +1,136 @@
+"""int8 CPU inference: the backbone's linear layers as int8 weights times int8 activations.
+
+Each ``nn.Linear`` (and GPT-2's ``Conv1D``) of the backbone becomes an :class:`Int8Linear`: weights quantised
+per output channel, activations per token at run time, products accumulated exactly in int32
+(``torch._int_mm``, VNNI on CPUs that have it), then rescaled to float32. Decoder LLMs carry a few activation
+channels tens of times larger than the rest; quantised as they are, they leave every other channel a handful of
+levels (SmolLM2: cosine to float32 down to 0.98). So the layers are smoothed first, as in SmoothQuant: each input
+channel ``j`` is divided by ``s_j = max|x_j|^0.5 / max|W_j|^0.5`` and its weight column multiplied by it (the
+product is unchanged), with the activation maxima measured once on :data:`CALIBRATION_TEXTS` in float32.
+
+torch's own ``quantize_dynamic`` quantises a whole batch's activations with one scale: the attention sink's
+massive activations then drown every other token (SmolLM2: cosine 0.21), and a text's vector depends on the
+texts batched with it. Per-token scales and exact integer sums keep every text's vector independent of its
+batch and padding, as in float32. Embeddings, norms, attention and the pooling heads stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .model import EmbeddingModel
+
+#: SmoothQuant's migration strength: half of each channel's range moves from the activations into the weights.
+SMOOTHING_ALPHA = 0.5
+#: Texts whose activations set the smoothing: questions, instructions, prose, a list, code and numbers.
+CALIBRATION_TEXTS = (
+    "what is the capital of France?",
+    "How do I reset my password?",
+    "Instruct: Given a question, retrieve passages that answer it\nQuery: why is the sky blue?",
+    "Instruct: Classify the sentiment of the review\nQuery: a tedious, overlong film with one good scene.",
+    "The committee approved the budget on Tuesday after a long debate about school funding and road repairs.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen inside the chloroplasts of "
+    "plant cells; the sugar feeds the plant and the oxygen is released into the air.",
+    "Shopping list: eggs, milk, two loaves of bread, apples, coffee, and batteries for the remote.",
+    "def mean(xs):\n    return sum(xs) / len(xs)  # raises ZeroDivisionError on an empty list",
+    "The 2019 report lists 3,482 cases, up 12.5% from 3,095 in 2018; see table 4 (p. 17).",
+    "FREE entry! Text WIN to 80086 now to claim your prize. T&Cs apply.",
+    "She said she would call back later, but the phone never rang that evening.",
+    "Rain is expected across the north tomorrow, with strong winds along the coast and snow on high ground. "
+    "Temperatures will stay below average for the rest of the week, before a milder spell arrives from the west "
+    "on Sunday. Drivers are advised to allow extra time for journeys and to check for closures before leaving.",
+    "ok",
+    "",
+)
+
+
+class Int8Linear(nn.Module):
+    """``x @ W.T + b`` with ``W`` smoothed and quantised per output channel and ``x`` quantised per token (int8),
+    summed exactly in int32; float32 in and out. ``smooth``: per-input-channel divisors of ``x`` (or none)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, smooth: torch.Tensor | None = None) -> None:
+        super().__init__()
+        weight = weight.detach().float()
+        if smooth is not None:
+            weight = weight * smooth
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("qweight", (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8).t())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("inv_smooth", None if smooth is None else (1 / smooth).float())
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    @classmethod
+    def of(cls, layer: nn.Module, smooth: torch.Tensor | None = None) -> Int8Linear:
+        """The int8 twin of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose weight is stored transposed)."""
+        weight = layer.weight if isinstance(layer, nn.Linear) else layer.weight.t()
+        return cls(weight, layer.bias, smooth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        if self.inv_smooth is not None:
+            rows = rows * self.inv_smooth
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        quantised = torch.round(rows / scale).clamp_(-127, 127).to(torch.int8)
+        out = torch._int_mm(quantised, self.qweight).float().mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, smoothed={self.inv_smooth is not None}"
+        )
+
+
+def linear_layers(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) of every ``nn.Linear`` and ``Conv1D`` under ``module``."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear | Conv1D)
+    ]
+
+
+def activation_maxima(
+    model: EmbeddingModel, texts: tuple[str, ...] = CALIBRATION_TEXTS
+) -> dict[nn.Module, torch.Tensor]:
+    """Each backbone linear layer's largest input magnitude per channel over ``texts``, in float32, one text at a
+    time (no padding)."""
+    maxima: dict[nn.Module, torch.Tensor] = {}
+
+    def record(layer: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(dim=0)
+        maxima[layer] = torch.maximum(maxima[layer], seen) if layer in maxima else seen
+
+    handles = [layer.register_forward_pre_hook(record) for _, _, layer in linear_layers(model.backbone)]
+    try:
+        with torch.autocast("cpu", enabled=False):
+            model.encode(list(texts), batch_tokens=1, workers=1, show_progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return maxima
+
+
+def smoothing(layer: nn.Module, activation_max: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> torch.Tensor:
+    """SmoothQuant's per-input-channel divisors ``max|x|^alpha / max|W|^(1 - alpha)``."""
+    weight = layer.weight if isinstance(layer, nn.Linear) else layer.weight.t()
+    weight_max = weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
+    return (activation_max.clamp(min=1e-5) ** alpha / weight_max ** (1 - alpha)).clamp(min=1e-5)
+
+
+def quantize_backbone(model: EmbeddingModel) -> None:
+    """Replace, in place, every linear layer of ``model``'s float32 CPU backbone with its smoothed
+    :class:`Int8Linear` (``model`` is a copy: see :meth:`~poolattn.model.EmbeddingModel.int8`)."""
+    maxima = activation_maxima(model)
+    for parent, name, layer in linear_layers(model.backbone):
+        smooth = smoothing(layer, maxima[layer]) if layer in maxima else None
+        setattr(parent, name, Int8Linear.of(layer, smooth))
