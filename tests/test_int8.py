@@ -55,11 +55,13 @@ def test_int8_is_close_to_float32_and_batch_invariant(make, pooling, attention):
     assert not any(isinstance(m, torch.nn.Linear) for m in quantised.backbone.modules())
     reference, vectors = model.encode(TEXTS), quantised.encode(TEXTS)
     assert worst_cosine(reference, vectors) >= 0.99
-    # per-token scales and exact int32 sums: only the float32 parts' rounding differs with the batch
+    # per-token scales and exact int32 sums: causal vectors are as invariant as float32's; bidirectional ones
+    # take float32's last-bit differences through a rounding to int8 now and then (measured: up to 1e-5)
     left = quantised.encode(TEXTS, padding_side="left")
     alone = np.stack([quantised.encode([text])[0] for text in TEXTS])
-    np.testing.assert_allclose(left, vectors, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(alone, vectors, rtol=0, atol=1e-4)
+    atol = 1e-6 if attention == "causal" else 5e-5
+    np.testing.assert_allclose(left, vectors, rtol=0, atol=atol)
+    np.testing.assert_allclose(alone, vectors, rtol=0, atol=atol)
 
 
 def test_int8_is_a_copy_and_cannot_be_saved(make, tmp_path):
