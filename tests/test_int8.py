@@ -108,7 +108,8 @@ def test_int8_linear_matches_a_float32_linear():
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 48)
     x = torch.randn(3, 5, 64)
-    quantised = Int8Linear.of(layer, smooth=torch.rand(64) + 0.5)
+    quantised = Int8Linear.of(layer, maxima=torch.rand(64) + 0.5)
+    assert len(quantised.outliers) == 1 and quantised.qweight.shape == (63, 48)
     with torch.no_grad():
         exact, approx = layer(x), quantised(x)
     assert approx.shape == exact.shape and approx.dtype == torch.float32
