@@ -38,6 +38,7 @@ from common import flops_per_token, lasttoken_sentence_transformer, peak_allocat
 from poolattn import EmbeddingModel, assets, machine
 from poolattn.backbone import autocast_precision
 from poolattn.corpora import lee_background, trec_questions
+from poolattn.model import default_batch_tokens, plan_batches
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
@@ -218,8 +219,8 @@ def autocast_run(fn: Callable[[], np.ndarray]) -> np.ndarray:
 def multilayer_vs_eos(
     case: str, texts: list[str], path: str, args: argparse.Namespace, setting: tuple[str, int | None], name: str
 ) -> str:
-    """Encode time (best of ``--repeats``, interleaved) and peak live tensor bytes of one batch of the longest
-    texts, multilayer pooling over EOS pooling, both at ``setting`` (precision, workers)."""
+    """Encode time (best of ``--repeats``, interleaved) and peak live tensor bytes of encode's first batch (the
+    longest texts), multilayer pooling over EOS pooling, both at ``setting`` (precision, workers)."""
     precision, workers = setting
     models = {
         pooling: EmbeddingModel.from_backbone(path, pooling=pooling, max_length=args.max_length)
@@ -234,10 +235,13 @@ def multilayer_vs_eos(
                 times[pooling].append(
                     timed(lambda t, m=model: m.encode(t, show_progress=False, workers=workers), texts)[1]
                 )
-    longest = sorted(texts, key=len, reverse=True)[:4]
+    lengths = [len(item.ids) for item in models["eos"].tokenize_texts(texts)]
+    by_length = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
+    _, stop = plan_batches(sorted(lengths, reverse=True), default_batch_tokens(torch.device("cpu")), 256)[0]
+    first_batch = [texts[i] for i in by_length[:stop]]  # the first batch encode runs: the longest texts
     peaks = {}
     for pooling, model in models.items():
-        batch = model.tokenize(longest)
+        batch = model.tokenize(first_batch)
 
         def forward(model: EmbeddingModel = model, batch=batch) -> None:
             with torch.inference_mode(), autocast_precision(precision, "cpu"):
