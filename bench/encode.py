@@ -1,26 +1,26 @@
 """Encode throughput: poolattn vs sentence-transformers, side by side in one process, each at its fastest.
 
-Same model (the embedded SmolLM2-135M), pooling (last token) and texts. sentence-transformers runs
-``Transformer`` + ``Pooling("lasttoken")`` (batch size 32), with its text modality pinned to plain text: by
-default it would render every text through the model's chat template (three times the tokens of a short
-question), and both sides must embed the same texts. It runs the ways a user after speed would: float32, bfloat16
-weights, bfloat16 autocast, and its ONNX backend with dynamically quantised int8 weights
-(``export_dynamic_quantized_onnx_model``; needs ``pip install poolattn[bench]``; where it cannot be loaded, the
-reason is printed and the variant left out). poolattn runs token-budgeted, length-sorted batches under
-``torch.inference_mode``, one batch per CPU thread (``--workers``): float32, bfloat16 autocast over float32
-weights (the CLI's default where bfloat16 is native), the same with one worker (batches one by one on all
-threads), bfloat16 weights, int8 (``precision = "int8"``: :mod:`poolattn.quantize`) and bfloat16 autocast
-through ``compile_backbone`` (timed on a second pass; the first pass, which compiles, is reported apart;
-``--no-compile`` leaves it out).
+Same model (the embedded SmolLM2-135M), pooling (last token) and texts. sentence-transformers runs ``Transformer`` +
+``Pooling("lasttoken")`` (batch size 32), with its text modality pinned to plain text: by default it would render
+every text through the model's chat template (three times the tokens of a short question), and both sides must embed
+the same texts. It runs the ways a user after speed would: float32, bfloat16 weights, bfloat16 autocast, and its
+ONNX backend with dynamically quantised int8 weights (``export_dynamic_quantized_onnx_model``; needs
+``optimum[onnxruntime]``, whose ``optimum-onnx`` pins transformers < 4.58: beside poolattn's transformers 5 it
+cannot load, and the variant is left out with the reason printed; OpenVINO's int8 export calibrates on a hub data
+set and its ``optimum-intel`` pins the same). poolattn runs token-budgeted, length-sorted batches under
+``torch.inference_mode``, one batch per CPU thread (``--workers``): float32, bfloat16 autocast over float32 weights
+(the CLI's default where bfloat16 is native), the same with one worker (batches one by one on all threads), bfloat16
+weights, int8 (``precision = "int8"``: :mod:`poolattn.quantize`) and bfloat16 autocast through ``compile_backbone``
+(timed on a second pass; the first pass, which compiles, is reported apart; ``--no-compile`` leaves it out).
 
-Each side's variants are compared with that side's float32 vectors; the summary line per case takes, on each
-side, the fastest variant whose cosine to float32 is at least 0.99 on every text, and gives the ratio of texts/s
-(with the ratio of tokens/s beside it: poolattn appends an EOS token). Multi-layer pooling is timed against EOS
-pooling at poolattn's fastest precision, with the peak of live tensor bytes of one batch of the longest texts.
-Also measures this machine's fp32 / bf16 matmul peak in the same run and reports each run's fraction of it.
+Each side's variants are compared with that side's float32 vectors; the summary line per case takes, on each side,
+the fastest variant whose cosine to float32 is at least 0.99 on every text, and gives the ratio of texts/s (with the
+ratio of tokens/s beside it: poolattn appends an EOS token). Multi-layer pooling is timed against EOS pooling at
+poolattn's fastest precision, with the peak of live tensor bytes of one batch of the longest texts. Also measures
+this machine's fp32 / bf16 matmul peak in the same run and reports each run's fraction of it.
 
-Every variant is timed ``--repeats`` times, interleaved, and its best pass is kept: on a shared machine the
-speed drifts between passes. ``--long 0`` skips the long case.
+Every variant is timed ``--repeats`` times, interleaved, and its best pass is kept: on a shared machine the speed
+drifts between passes. ``--long 0`` skips the long case.
 
     python bench/encode.py [--short 1024] [--long 256] [--max-length 512] [--repeats 3] [--workers N] [--no-compile]
 """
