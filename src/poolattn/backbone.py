@@ -425,11 +425,13 @@ def bf16_is_faster() -> bool:
     return bf16_pays("cuda" if torch.cuda.is_available() else "cpu")
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+INT8_CPU_ONLY = "precision int8 runs on a CPU only; on a GPU use bf16 (or fp32)"
 
 
 def resolve_precision(value: str, bf16: str = "bf16", other: str = "fp32") -> str:
-    """``auto`` -> ``bf16`` where :func:`bf16_is_faster`, else ``other``; explicit values pass through."""
+    """``auto`` -> ``bf16`` where :func:`bf16_is_faster`, else ``other``; explicit values pass through (``int8``:
+    never chosen by ``auto``, whose embeddings stay within 0.999 of float32's)."""
     if value != "auto":
         return value
     return bf16 if bf16_is_faster() else other
@@ -438,7 +440,10 @@ def resolve_precision(value: str, bf16: str = "bf16", other: str = "fp32") -> st
 @contextmanager
 def autocast_precision(precision: str, device: torch.device | str) -> Iterator[None]:
     """bfloat16 autocast for ``precision == "bf16"``: float32 weights, residual stream and norms, bfloat16
-    matmuls (cosine to float32 embeddings >= 0.999, where bfloat16 weights give ~0.998); else nothing."""
+    matmuls (cosine to float32 embeddings >= 0.999, where bfloat16 weights give ~0.998); else nothing. ``int8``
+    computes in the model's int8 copy (:meth:`poolattn.model.EmbeddingModel.int8`), on a CPU only."""
+    if precision == "int8" and torch.device(device).type != "cpu":
+        raise BackboneError(INT8_CPU_ONLY)
     if resolve_precision(precision) == "bf16":
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             yield

@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backbone import autocast_precision, resolve_precision
 from .model import EmbeddingModel
+from .quantize import for_precision
 from .workers import default_workers
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ServeSettings:
     max_body_bytes: int = 32 * 2**20  # request body size; beyond it, 413
     timeout_s: float = 60.0  # per request, queueing included; then 504
     batch_tokens: int | None = None  # encode's token budget per batch (default: default_batch_tokens)
-    precision: str = "auto"  # auto | fp32 | bf16, as the CLI's --precision
+    precision: str = "auto"  # auto | fp32 | bf16 | int8, as the CLI's --precision
     model_name: str | None = None  # the id /v1/models lists and responses name (default: EmbeddingModel.name)
 
     def __post_init__(self) -> None:
@@ -220,8 +221,8 @@ class Batcher:
     """One thread that owns the model: merges waiting requests and encodes them, grouped by instruction."""
 
     def __init__(self, model: EmbeddingModel, settings: ServeSettings, metrics: Metrics) -> None:
-        self.model, self.settings, self.metrics = model, settings, metrics
         self.precision = resolve_precision(settings.precision)
+        self.model, self.settings, self.metrics = for_precision(model, self.precision), settings, metrics
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._waiting_texts = 0

@@ -93,8 +93,9 @@ TRUST_HELP = (
     " refused); only for sources you trust"
 )
 PRECISION_HELP = (
-    "auto | fp32 | bf16: bf16 runs the matmuls under bfloat16 autocast (cosine to the float32 embeddings >= 0.999);"
-    " auto = bf16 where its matmuls measure faster than float32's on this machine (`poolattn machine` shows it)"
+    "auto | fp32 | bf16 | int8: bf16 runs the matmuls under bfloat16 autocast (cosine to the float32 embeddings"
+    " >= 0.999); int8 runs an int8 copy of the backbone's linear layers, on a CPU only (cosine >= 0.99 under causal"
+    " attention); auto = bf16 where its matmuls measure faster than float32's here (`poolattn machine` shows it)"
 )
 
 

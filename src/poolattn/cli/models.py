@@ -104,6 +104,9 @@ def encode(
             compile=compile,
             trust_remote_code=trust_remote_code,
         )
+        from ..quantize import for_precision
+
+        m = for_precision(m, precision)
     except (ValueError, OSError) as err:
         fail(str(err))
     from ..backbone import autocast_precision
@@ -285,6 +288,9 @@ def evaluate(
                 compile=compile,
                 trust_remote_code=trust_remote_code,
             )
+            from ..quantize import for_precision
+
+            encoder = for_precision(encoder, precision)
         except (ValueError, OSError) as err:
             fail(str(err))
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device

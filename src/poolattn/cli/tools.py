@@ -173,6 +173,9 @@ def serve(
             max_length=max_length,
             trust_remote_code=trust_remote_code,
         )
+        from ..quantize import for_precision
+
+        m = for_precision(m, precision)
     except (ValueError, OSError) as err:
         fail(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
