@@ -90,6 +90,7 @@ def test_imports_run_one_way_across_layers() -> None:
         "training": 2,
         "st_export": 2,
         "serve": 2,
+        "quantize": 2,
         "datainfo": 2,
         "data": 1,
         "sources": 1,

@@ -13,7 +13,7 @@ from poolattn import EmbeddingModel
 from poolattn.backbone import BackboneError, autocast_precision
 from poolattn.cli import app
 from poolattn.pooling import POOLERS
-from poolattn.quantize import Int8Linear
+from poolattn.quantize import Int8Linear, int8_copy, is_int8
 from poolattn.serve import Batcher, Metrics, ServeSettings
 
 TEXTS = [
@@ -50,8 +50,8 @@ def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("pooling", sorted(POOLERS))
 def test_int8_is_close_to_float32_and_batch_invariant(make, pooling, attention):
     model = make(pooling, attention)
-    quantised = model.int8()
-    assert quantised.is_int8 and not model.is_int8
+    quantised = int8_copy(model)
+    assert is_int8(quantised) and not is_int8(model)
     assert not any(isinstance(m, torch.nn.Linear) for m in quantised.backbone.modules())
     reference, vectors = model.encode(TEXTS), quantised.encode(TEXTS)
     assert worst_cosine(reference, vectors) >= 0.99
@@ -67,13 +67,13 @@ def test_int8_is_close_to_float32_and_batch_invariant(make, pooling, attention):
 def test_int8_is_a_copy_and_cannot_be_saved(make, tmp_path):
     model = make("latent")
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    quantised = model.int8()
+    quantised = int8_copy(model)
     after = model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert quantised.pooler is not model.pooler
     assert all(torch.equal(a, b) for a, b in zip(quantised.pooler.parameters(), model.pooler.parameters(), strict=True))
     assert quantised.fingerprint() != model.fingerprint()
-    assert quantised.int8() is quantised
+    assert int8_copy(quantised) is quantised
     with pytest.raises(ValueError, match="int8 copy is for inference only"):
         quantised.save(tmp_path / "m")
 
@@ -85,14 +85,14 @@ def test_int8_merges_a_lora_adapter(make):
         for name, parameter in model.backbone.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.05)  # a trained adapter: lora_B starts at zero
-    quantised = model.int8()
+    quantised = int8_copy(model)
     assert model.has_adapter and not quantised.has_adapter
     assert worst_cosine(model.encode(TEXTS), quantised.encode(TEXTS)) >= 0.99
 
 
 def test_int8_of_bfloat16_weights_computes_in_float32(folder):
     model = EmbeddingModel.from_backbone(folder, pooling="eos", dtype="bfloat16")
-    assert model.int8().encode(TEXTS).dtype == np.float32
+    assert int8_copy(model).encode(TEXTS).dtype == np.float32
 
 
 def test_int8_on_a_gpu_is_a_one_line_error(make, monkeypatch):
@@ -101,7 +101,7 @@ def test_int8_on_a_gpu_is_a_one_line_error(make, monkeypatch):
     model = make()
     monkeypatch.setattr(EmbeddingModel, "device", property(lambda _self: torch.device("cuda")))
     with pytest.raises(BackboneError, match="int8 runs on a CPU only"):
-        model.int8()
+        int8_copy(model)
 
 
 def test_int8_linear_matches_a_float32_linear():
@@ -120,7 +120,7 @@ def test_int8_linear_matches_a_float32_linear():
 def test_server_runs_an_int8_copy(make):
     model = make()
     batcher = Batcher(model, ServeSettings(precision="int8"), Metrics())
-    assert batcher.model.is_int8 and not model.is_int8
+    assert is_int8(batcher.model) and not is_int8(model)
 
 
 runner = CliRunner()

@@ -481,19 +481,6 @@ class EmbeddingModel(nn.Module):
                 speed_up_dropout(module.lora_dropout)
 
     @property
-    def is_int8(self) -> bool:
-        """Whether the backbone's linear layers are int8 (:meth:`int8`)."""
-        from .quantize import Int8Linear
-
-        return any(isinstance(module, Int8Linear) for module in self.backbone.modules())
-
-    def int8(self) -> EmbeddingModel:
-        """A copy for int8 CPU inference (:func:`poolattn.quantize.int8_copy`); this model is left untouched."""
-        from .quantize import int8_copy
-
-        return int8_copy(self)
-
-    @property
     def has_adapter(self) -> bool:
         return hasattr(self.backbone, "peft_config")
 
@@ -509,7 +496,7 @@ class EmbeddingModel(nn.Module):
         ``backbone_weights=None`` stores full weights only when they may differ from the referenced backbone
         (i.e. they were trained without an adapter). The folder is written next to its target and renamed.
         """
-        if self.is_int8:
+        if getattr(self, "quantized", False):  # set by poolattn.quantize.int8_copy
             raise ValueError("an int8 copy is for inference only: save the float32 model it was made from")
         target = Path(folder)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -158,10 +158,15 @@ def smoothing(weight: torch.Tensor, activation_max: torch.Tensor, alpha: float =
 
 def quantize_backbone(model: EmbeddingModel) -> None:
     """Replace, in place, every linear layer of ``model``'s float32 CPU backbone with its smoothed
-    :class:`Int8Linear` (``model`` is a copy: see :meth:`~poolattn.model.EmbeddingModel.int8`)."""
+    :class:`Int8Linear` (``model`` is a copy: see :func:`int8_copy`)."""
     maxima = activation_maxima(model)
     for parent, name, layer in linear_layers(model.backbone):
         setattr(parent, name, Int8Linear.of(layer, maxima.get(layer)))
+
+
+def is_int8(model: EmbeddingModel) -> bool:
+    """Whether ``model``'s backbone computes with int8 linear layers (:func:`int8_copy`)."""
+    return any(isinstance(module, Int8Linear) for module in model.backbone.modules())
 
 
 def int8_copy(model: EmbeddingModel) -> EmbeddingModel:
@@ -169,7 +174,7 @@ def int8_copy(model: EmbeddingModel) -> EmbeddingModel:
     pooling head as it was; ``model`` is left untouched. Cosine to float32 >= 0.99 (causal attention)."""
     if model.device.type != "cpu":
         raise BackboneError(INT8_CPU_ONLY)
-    if model.is_int8:
+    if is_int8(model):
         return model
     backbone = copy.deepcopy(model.backbone).float()
     if hasattr(backbone, "peft_config"):
@@ -182,10 +187,11 @@ def int8_copy(model: EmbeddingModel) -> EmbeddingModel:
         if hasattr(model, name):
             setattr(quantised, name, getattr(model, name))
     quantize_backbone(quantised.eval())
+    quantised.quantized = True  # EmbeddingModel.save refuses it
     return quantised
 
 
 def for_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
-    """``model`` as ``precision`` computes with it: an int8 copy (:meth:`EmbeddingModel.int8`) for ``int8``,
+    """``model`` as ``precision`` computes with it: an int8 copy (:func:`int8_copy`) for ``int8``,
     else itself (autocast does the rest: :func:`~poolattn.backbone.autocast_precision`)."""
-    return model.int8() if precision == "int8" else model
+    return int8_copy(model) if precision == "int8" else model

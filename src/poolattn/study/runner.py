@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -517,7 +517,9 @@ def run_experiment(
     check_source(backbone)  # a missing backbone fails before the folder is made
     check_model_folder(backbone)
     out = Path(output_dir)
-    with owned_run(out, "experiment", recognise=(STUDY_FILE, "cells")), _quiet_logs():
+    main = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch` the first process holds the folder
+    claimed = owned_run(out, "experiment", recognise=(STUDY_FILE, "cells")) if main else nullcontext()
+    with claimed, _quiet_logs():
         runner = StudyRunner(study, out, progress=progress)
         runner.run()
         if not runner.procs.is_main:
