@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from poolattn import EmbeddingModel
 from poolattn.study import run_experiment
@@ -189,3 +190,23 @@ def test_report_renders_from_stored_results_alone(study_copy: tuple[Path, Path],
     assert render_report(moved) == moved / "report.md"
     assert (moved / "results.json").read_text() == before
     assert "data:image/png;base64," in (moved / "report.html").read_text()
+
+
+def test_cost_estimate_measures_here(fake_suite, tiny_llama: Path, tmp_path: Path) -> None:
+    """The pre-run estimate times real work on the backbone and adds up every pending phase."""
+    from study_fixtures import make_study_file
+
+    from poolattn.study.cells import plan_cells
+    from poolattn.study.config import load_study
+    from poolattn.study.estimate import estimate, eval_texts
+
+    study = load_study(make_study_file(tmp_path, tiny_llama))
+    cells = plan_cells(study, {d.name: 0 for d in study.designs})
+    cost = estimate(study, cells, str(tiny_llama), torch.device("cpu"))
+    trained = sum(c.design.train for c in cells)
+    assert cost.step_seconds > 0 and cost.encode_texts_per_second > 0
+    assert cost.phases["training"] == pytest.approx(trained * study.recipe.steps * cost.step_seconds)
+    texts = eval_texts(study)
+    assert texts and cost.phases["evaluation"] == pytest.approx(len(cells) * len(texts) / cost.encode_texts_per_second)
+    assert cost.total_seconds == pytest.approx(sum(cost.phases.values()))
+    assert "ETA" in cost.line()

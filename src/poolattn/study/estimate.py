@@ -1,13 +1,15 @@
 """What a study will cost on this machine, measured before it starts.
 
 A few seconds of real work on the study's backbone at its own batch size and text length — one training step's
-forward and backward pass (LoRA-like: activation gradients, no weight gradients), one encode of a batch —
-turned into an ETA of the whole grid: adaptation, training, evaluation (the distinct texts of every task, each
-encoded once per design) and the layer pass. The grid's progress lines refine it from the cells run so far.
+forward and backward pass (LoRA-like: activation gradients, no weight gradients), one encode of a sample of the
+study's own evaluation texts — turned into an ETA of the whole grid: adaptation, training, evaluation (the
+distinct texts of every task, each encoded once per design) and the layer pass. The grid's progress lines
+refine it from the cells run so far.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +43,9 @@ class Estimate:
 
         parts = " · ".join(f"{name} {fmt_seconds(seconds)}" for name, seconds in self.phases.items() if seconds)
         return (
-            f"measured: a training step {self.step_seconds:.2f} s, encoding {self.encode_texts_per_second:.0f} "
-            f"texts/s ({self.probe_tokens}-token texts) → ETA {fmt_seconds(self.total_seconds)} ({parts})"
+            f"measured: a training step {self.step_seconds:.2f} s ({self.probe_tokens}-token texts), encoding "
+            f"{self.encode_texts_per_second:.0f} texts/s (a sample of the evaluation's) "
+            f"→ ETA {fmt_seconds(self.total_seconds)} ({parts})"
         )
 
 
@@ -56,8 +59,15 @@ def _time(fn: Any, repeats: int = 2) -> float:
     return best
 
 
-def measure(study: Study, backbone: str, device: torch.device) -> tuple[float, float, int]:
-    """(seconds of one training step at the recipe's batch, encoded texts per second, tokens per probe text)."""
+#: Evaluation texts encoded to measure the encode rate (a seeded sample of the study's own).
+PROBE_TEXTS = 64
+
+
+def measure(
+    study: Study, backbone: str, device: torch.device, sample: list[str] | None = None
+) -> tuple[float, float, int]:
+    """(seconds of one training step at the recipe's batch, encoded texts per second on ``sample`` — else on
+    synthetic texts of the probe length —, tokens per probe text)."""
     model = EmbeddingModel.from_backbone(
         backbone,
         attention="causal",
@@ -68,7 +78,8 @@ def measure(study: Study, backbone: str, device: torch.device) -> tuple[float, f
     ).to(device)
     tokens = max(4, int(study.model.max_length * PROBE_LENGTH_SHARE))
     texts_per_step = study.recipe.batch_size * (3 if study.data.hard_negatives not in (None, "none") else 2)
-    ids = torch.randint(100, 1000, (texts_per_step, tokens), device=device)
+    vocab = int(model.backbone.config.vocab_size)
+    ids = torch.randint(0, vocab, (texts_per_step, tokens), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
     precision = resolve_precision(study.recipe.mixed_precision, "bf16", "fp32")
     embeddings = model.backbone.get_input_embeddings()
@@ -82,33 +93,36 @@ def measure(study: Study, backbone: str, device: torch.device) -> tuple[float, f
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     step_seconds = _time(step)
-    texts = [" ".join(["word"] * tokens)] * 64
+    texts = sample or [" ".join(["word"] * tokens)] * PROBE_TEXTS
     encode_seconds = _time(lambda: model.encode(texts, show_progress=False), repeats=1)
     return step_seconds, len(texts) / encode_seconds, tokens
 
 
-def eval_texts(study: Study) -> int | None:
-    """Distinct texts one design encodes in the offline suite (None for MTEB: unknown before it downloads)."""
+def eval_texts(study: Study) -> list[str] | None:
+    """The distinct texts one design encodes in the offline suite, sorted (None for MTEB: unknown before it
+    downloads)."""
     if study.eval.suite != "offline":
         return None
     from ..evaluate.offline import select_tasks
 
-    total = 0
+    texts: set[str] = set()
     for task in select_tasks(study.eval.tasks, study.eval.profile):  # type: ignore[arg-type]
-        total += len(task.load(study.eval.profile).all_texts())  # type: ignore[arg-type]
-    return total
+        texts |= task.load(study.eval.profile).all_texts()  # type: ignore[arg-type]
+    return sorted(texts)
 
 
 def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.device) -> Estimate:
     """Measure here and add up the pending cells' phases."""
-    step_seconds, texts_per_second, tokens = measure(study, backbone, device)
+    texts = eval_texts(study)
+    sample = random.Random(0).sample(texts, min(PROBE_TEXTS, len(texts))) if texts else None
+    step_seconds, texts_per_second, tokens = measure(study, backbone, device, sample)
     trained = [c for c in cells if c.design.train]
     phases = {"training": len(trained) * study.recipe.steps * step_seconds}
     if study.adapt is not None:
         seeds = {c.seed for c in trained if study.adapted(c.design)}
         share = (study.adapt.batch_size * study.adapt.max_length) / max(1, study.recipe.batch_size * 2 * tokens)
         phases["adaptation"] = len(seeds) * study.adapt.steps * step_seconds * share
-    n_texts = eval_texts(study)
+    n_texts = None if texts is None else len(texts)
     if n_texts is not None:
         phases["evaluation"] = len(cells) * n_texts / texts_per_second
         if study.layers.enabled:
