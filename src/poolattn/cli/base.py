@@ -162,9 +162,11 @@ def open_model(
     pool_instruction: bool = True,
     compile: bool = False,
     trust_remote_code: bool = False,
+    precision: str | None = None,
 ):
     """A saved poolattn folder (design flags must not contradict it) or a backbone with a design; ``compile``:
-    through :meth:`EmbeddingModel.compile_backbone`; ``trust_remote_code``: the caller's ``--trust-remote-code``.
+    through :meth:`EmbeddingModel.compile_backbone`; ``trust_remote_code``: the caller's ``--trust-remote-code``;
+    ``precision``: as :func:`poolattn.quantize.for_precision` computes with it (an int8 copy for ``int8``).
     A missing folder or a damaged weights file fails before anything loads."""
     from ..assets import resolve_backbone
     from ..backbone import check_source
@@ -192,4 +194,8 @@ def open_model(
             model.compile_backbone()
         except RuntimeError as err:
             fail(str(err))
+    if precision is not None:
+        from ..quantize import for_precision
+
+        model = for_precision(model, precision)
     return model

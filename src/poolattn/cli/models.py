@@ -103,10 +103,8 @@ def encode(
             max_length=max_length,
             compile=compile,
             trust_remote_code=trust_remote_code,
+            precision=precision,
         )
-        from ..quantize import for_precision
-
-        m = for_precision(m, precision)
     except (ValueError, OSError) as err:
         fail(str(err))
     from ..backbone import autocast_precision
@@ -287,10 +285,8 @@ def evaluate(
                 max_length=max_length,
                 compile=compile,
                 trust_remote_code=trust_remote_code,
+                precision=precision,
             )
-            from ..quantize import for_precision
-
-            encoder = for_precision(encoder, precision)
         except (ValueError, OSError) as err:
             fail(str(err))
         model_id, config_hash, device = encoder.name, encoder.config_hash(), encoder.device

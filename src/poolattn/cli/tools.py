@@ -172,10 +172,7 @@ def serve(
             dtype=dtype,
             max_length=max_length,
             trust_remote_code=trust_remote_code,
-        )
-        from ..quantize import for_precision
-
-        m = for_precision(m, precision)
+        )  # the server makes its own int8 copy (poolattn.serve)
     except (ValueError, OSError) as err:
         fail(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
