@@ -114,6 +114,30 @@ def test_table1_equals_a_hand_computation(finished_study: Path) -> None:
     np.testing.assert_allclose([entries[i]["pvalue_holm"] for i in order], holm)
 
 
+def test_phase_times_add_up_and_reach_the_report(finished_study: Path) -> None:
+    run = json.loads((finished_study / "study.json").read_text())["runs"][-1]
+    phases = run["phases"]
+    assert {"mining", "training", "evaluation", "layer pass"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= run["wall_seconds"] + 0.5  # each second counted once (rounding aside)
+    markdown = (finished_study / "report.md").read_text()
+    assert "Where the time went" in markdown and "| layer pass |" in markdown
+
+
+def test_phase_clock_counts_nested_phases_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poolattn.study import progress
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(ticks)))
+    clock = progress.PhaseClock()
+    with clock("training"):  # reads 0 (pause), 1 (start)
+        with clock("mining"):  # 2 (pause training: 1 s), 3 (start) .. 4 (end: 1 s)
+            pass
+    # training resumed at 4 and ended at 5: 1 + 1 = 2 s; mining 1 s
+    assert clock.seconds == {"training": 2.0, "mining": 1.0}
+    assert list(clock.snapshot()) == ["mining", "training"]
+
+
 def test_rerun_reuses_everything(study_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import poolattn.training
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,46 @@ class GridProgress:
         if not reused:
             self.durations[cell.design.train].append(seconds)
         self.log(cell=cell.name, event="reused" if reused else "finished", seconds=round(seconds, 2), hash=cell.hash)
+
+
+PHASES = ("cost estimate", "mining", "adaptation", "training", "evaluation", "layer pass")
+
+
+class PhaseClock:
+    """Wall time per phase, each second counted once: a phase begun inside another pauses the outer one (the
+    mining that the first training cell triggers counts as mining, not training)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.stack: list[list[Any]] = []  # [phase, time it last resumed]
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        self.pause_outer(time.perf_counter())
+        self.stack.append([phase, time.perf_counter()])
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            name, resumed = self.stack.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + end - resumed
+            if self.stack:
+                self.stack[-1][1] = end
+
+    def pause_outer(self, at: float) -> None:
+        if self.stack:
+            outer = self.stack[-1]
+            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + at - outer[1]
+            outer[1] = at
+
+    def snapshot(self) -> dict[str, float]:
+        """Seconds per phase so far (a running phase included), rounded, in :data:`PHASES` order."""
+        seconds = dict(self.seconds)
+        at = time.perf_counter()
+        for name, resumed in self.stack[-1:]:
+            seconds[name] = seconds.get(name, 0.0) + at - resumed
+        order = [p for p in PHASES if p in seconds] + sorted(set(seconds) - set(PHASES))
+        return {name: round(seconds[name], 1) for name in order}
 
 
 def fmt_seconds(seconds: float) -> str:

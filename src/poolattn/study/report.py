@@ -368,6 +368,30 @@ def section_cost(results: StudyResults, tables: Tables) -> str:
     return md_table(header, rows) + "\n\n" + note
 
 
+def section_time(runs: list[Mapping[str, Any]]) -> str:
+    """Where the wall time went, per phase, over every run of the study (reused cells cost nothing)."""
+    timed = [r for r in runs if r.get("phases")]
+    if not timed:
+        return ""
+    wall = sum(float(r.get("wall_seconds") or 0.0) for r in timed)
+    phases: dict[str, float] = {}
+    for run in timed:
+        for name, seconds in run["phases"].items():
+            phases[name] = phases.get(name, 0.0) + float(seconds)
+    phases["other (loading, bookkeeping)"] = max(0.0, wall - sum(phases.values()))
+    rows = [
+        [name, f"{seconds:.0f}", f"{seconds / 60:.1f}", f"{seconds / wall:.0%}" if wall else "—"]
+        for name, seconds in phases.items()
+    ]
+    rows.append(["**all**", f"**{wall:.0f}**", f"**{wall / 60:.1f}**", "100%"])
+    runs_note = f"{len(timed)} runs" if len(timed) > 1 else "one run"
+    return (
+        f"Where the time went ({runs_note}; each second counted once: the mining and adaptation that a training "
+        "cell waits for count as mining and adaptation; cells reused from an earlier run cost nothing):\n\n"
+        + md_table(["phase", "seconds", "minutes", "share"], rows)
+    )
+
+
 def section_environment(results: StudyResults) -> str:
     env = results.study.get("environment", {})
     versions = env.get("versions", {})
@@ -465,7 +489,7 @@ def render_markdown(
     if seeds:
         parts.append(seeds)
     parts += ["## Layer-wise analysis of the base model", section_layers(results.layers, plots)]
-    parts += ["## Cost next to quality", section_cost(results, tables)]
+    parts += ["## Cost next to quality", section_cost(results, tables), section_time(results.study.get("runs", []))]
     if plots.get("losses"):
         parts.append(f"![training loss]({PLOTS}/{plots['losses'].name})")  # type: ignore[union-attr]
     parts += ["## Environment", section_environment(results)]

@@ -58,7 +58,7 @@ from .cells import Cell, digest, layer_tasks, layers_hash, layers_profile, plan_
 from .config import Design, Study, StudyError, adapt_config, default_config_text, load_study, train_config
 from .estimate import estimate
 from .layers import LayerEncoder, LayerStore
-from .progress import GridProgress, console
+from .progress import GridProgress, PhaseClock, console
 from .report import render_report
 
 STUDY_FILE = "study.json"
@@ -104,6 +104,7 @@ class StudyRunner:
         self.procs = Processes()
         console.quiet = not self.procs.is_main
         self.grid = GridProgress(self.cells, out / EVENTS_FILE, enabled=self.procs.is_main)
+        self.clock = PhaseClock()
 
     def inspect_designs(self) -> dict[str, int]:
         """Build every design's pooler on the meta device: validates its options, counts its parameters."""
@@ -170,7 +171,15 @@ class StudyRunner:
 
     def run(self) -> None:
         started = time.perf_counter()
-        run = {"id": now(), "started": now(), "finished": None, "wall_seconds": None, "computed": [], "reused": []}
+        run: dict[str, Any] = {
+            "id": now(),
+            "started": now(),
+            "finished": None,
+            "wall_seconds": None,
+            "computed": [],
+            "reused": [],
+            "phases": {},
+        }
         self.write_study(run)
         self.grid.log(event="run-start", cells=len(self.cells))
         console.print(
@@ -196,9 +205,11 @@ class StudyRunner:
             self.grid.done(cell, time.perf_counter() - cell_started, reused)
             if index == n_shared and self.study.layers.enabled:
                 self.run_layers()
+            run.update(phases=self.clock.snapshot(), wall_seconds=round(time.perf_counter() - started, 2))
+            self.write_study(run)  # an interrupted run keeps its phase times
         if n_shared == 0 and self.study.layers.enabled:
             self.run_layers()
-        run.update(finished=now(), wall_seconds=round(time.perf_counter() - started, 2))
+        run.update(finished=now(), wall_seconds=round(time.perf_counter() - started, 2), phases=self.clock.snapshot())
         self.write_study(run)
         self.grid.log(event="run-finish", wall_seconds=run["wall_seconds"])
 
@@ -209,7 +220,8 @@ class StudyRunner:
         console.print(f"  machine: {summary_line()}")
         if not pending or not self.progress:
             return
-        cost = estimate(self.study, pending, self.backbone, self.procs.device)
+        with self.clock("cost estimate"):
+            cost = estimate(self.study, pending, self.backbone, self.procs.device)
         console.print(f"  {cost.line()}")
         self.grid.log(event="estimate", seconds=round(cost.total_seconds, 1), phases=cost.phases)
 
@@ -245,7 +257,8 @@ class StudyRunner:
         if cell.design.train:
             self.grid.phase(index, cell.name, cell.design, "train")
             start = time.perf_counter()
-            model, train_summary = self.train_cell(cell, folder / "train")
+            with self.clock("training"):
+                model, train_summary = self.train_cell(cell, folder / "train")
             timings["train_phase_seconds"] = time.perf_counter() - start
         elif shares_layer_pass(self.study, cell.design):
             model = None
@@ -253,7 +266,8 @@ class StudyRunner:
             model = self.base_model(cell.design, cell.seed or 0)
         self.grid.phase(index, cell.name, cell.design, "eval")
         start = time.perf_counter()
-        encode = self.evaluate(cell, model, folder / "eval")
+        with self.clock("evaluation"):
+            encode = self.evaluate(cell, model, folder / "eval")
         timings["eval_phase_seconds"] = time.perf_counter() - start
         write_json_atomic(
             folder / CELL_FILE,
@@ -290,7 +304,8 @@ class StudyRunner:
         """The training records of a data seed, built once and handed to every design of that seed."""
         seed = config.data_seed
         if seed not in self.records:
-            self.records[seed] = training.load_training_records(config)
+            with self.clock("mining"):
+                self.records[seed] = training.load_training_records(config)
         return self.records[seed]
 
     def ensure_trained(self, cell: Cell, train_dir: Path) -> dict[str, Any]:
@@ -326,7 +341,8 @@ class StudyRunner:
             config = adapt_config(self.study, seed)
             stages = "MNTP" + (" + SimCSE" if config.simcse_steps else "")
             console.print(f"  adapting the backbone for seed {seed} ({stages}, LLM2Vec) → {folder}")
-            summary = training.adapt(config, folder, progress=self.progress)
+            with self.clock("adaptation"):
+                summary = training.adapt(config, folder, progress=self.progress)
             console.print(
                 f"  adapted: held-out masked-token loss {summary['heldout_loss_before']:.3f} → "
                 f"{summary['heldout_loss_after']:.3f}"
@@ -442,6 +458,10 @@ class StudyRunner:
             self.grid.log(cell="layers", event="reused", hash=self.layers_hash)
             self.store = None
             return
+        with self.clock("layer pass"):
+            self.compute_layers(folder)
+
+    def compute_layers(self, folder: Path) -> None:
         self.grid.phase(0, "layers", None, f"layer-wise analysis ({self.num_layers} layers)")
         start = time.perf_counter()
         store = self.layer_store()
