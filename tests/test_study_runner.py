@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -130,9 +131,9 @@ def test_phase_clock_counts_nested_phases_once(monkeypatch: pytest.MonkeyPatch) 
     ticks = iter(range(100))
     monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(ticks)))
     clock = progress.PhaseClock()
-    with clock("training"):  # reads 0 (pause), 1 (start)
-        with clock("mining"):  # 2 (pause training: 1 s), 3 (start) .. 4 (end: 1 s)
-            pass
+    # training: reads 0 (pause nothing), 1 (start); mining: 2 (pauses training after 1 s), 3 (start), 4 (end)
+    with clock("training"), clock("mining"):
+        pass
     # training resumed at 4 and ended at 5: 1 + 1 = 2 s; mining 1 s
     assert clock.seconds == {"training": 2.0, "mining": 1.0}
     assert list(clock.snapshot()) == ["mining", "training"]
@@ -234,3 +235,25 @@ def test_cost_estimate_measures_here(fake_suite, tiny_llama: Path, tmp_path: Pat
     assert texts and cost.phases["evaluation"] == pytest.approx(len(cells) * len(texts) / cost.encode_texts_per_second)
     assert cost.total_seconds == pytest.approx(sum(cost.phases.values()))
     assert "ETA" in cost.line()
+
+
+def test_the_estimate_counts_the_texts_a_scorer_encodes() -> None:
+    """A classification task encodes its test texts and the union of its n-shot draws, not its whole pool."""
+    from study_fixtures import fake_tasks
+
+    from poolattn.evaluate.scorers import SCORERS
+    from poolattn.study.estimate import encoded_texts
+
+    for task in fake_tasks().values():
+        data = task.load("quick")
+        asked: set[str] = set()
+
+        def embed(texts, instruction, asked=asked):
+            asked.update(texts)
+            rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]
+            return np.asarray(rows, dtype=np.float32)
+
+        SCORERS[task.category](data, embed, None)
+        assert encoded_texts(data) == asked, task.name
+        if task.category == "classification":
+            assert len(asked) < len(data.all_texts())

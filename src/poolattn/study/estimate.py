@@ -99,16 +99,28 @@ def measure(
 
 
 def eval_texts(study: Study) -> list[str] | None:
-    """The distinct texts one design encodes in the offline suite, sorted (None for MTEB: unknown before it
-    downloads)."""
+    """The texts one design encodes in the offline suite: each task's distinct texts (a classification task's
+    test texts and the union of its n-shot draws, not its whole pool), task after task, since each task has its
+    own instruction (None for MTEB: unknown before it downloads)."""
     if study.eval.suite != "offline":
         return None
     from ..evaluate.offline import select_tasks
 
-    texts: set[str] = set()
+    texts: list[str] = []
     for task in select_tasks(study.eval.tasks, study.eval.profile):  # type: ignore[arg-type]
-        texts |= task.load(study.eval.profile).all_texts()  # type: ignore[arg-type]
-    return sorted(texts)
+        texts += sorted(encoded_texts(task.load(study.eval.profile)))  # type: ignore[arg-type]
+    return texts
+
+
+def encoded_texts(data: Any) -> set[str]:
+    """The distinct texts a task's scorer encodes (a classification task: its test texts and its draws)."""
+    from ..evaluate.scorers import undersample
+    from ..evaluate.task_data import ClassificationData
+
+    if not isinstance(data, ClassificationData):
+        return data.all_texts()
+    draws = undersample(data.train_labels, data.n_experiments, data.samples_per_label)
+    return {data.train_texts[i] for i in set().union(*draws)} | set(data.texts)
 
 
 def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.device) -> Estimate:
