@@ -717,6 +717,17 @@ def test_seed_wins_and_the_budget_in_the_report(seeded: Path) -> None:
     assert budget.count("\n| STS | 3 |") == 1 and "The data sample is not varied" in budget
 
 
+def test_the_budget_says_what_the_seeds_vary() -> None:
+    from poolattn.study.config import load_study
+    from poolattn.study.noise import data_sample
+
+    assert data_sample(load_study(None, [])).startswith("not varied apart from the training seed")
+    fixed = data_sample(load_study(None, ["data.seed=7"]))
+    assert "fixed (data seed 7" in fixed and "own order" in fixed
+    both = data_sample(load_study(None, ["data.seed=7", "train.order_seed=3"]))
+    assert "order seed 3" in both and "initial weights alone" in both
+
+
 def test_rankings_side_by_side(seeded: Path) -> None:
     results = json.loads((seeded / "results.json").read_text())
     comparison = results["ranking"]["comparison"]

@@ -7,10 +7,10 @@ For every Δ (design − reference, a category's mean over its datasets) the †
 * training seeds: the between-seed variance of the category's Δ (seeds paired by number), divided by the number
   of seeds; it is not measured with one seed.
 
-The data sample is not varied apart from the training seed (a training seed draws both the training subset and its
-order), so its share is inside the seeds'. From the two parts: the seeds (at the current samples) and the samples
-per dataset (at the current seeds) at which the test detects Δ = 0.02 and 0.05 with 80% power at the study's α
-(:func:`poolattn.stats.seeds_to_detect`, :func:`poolattn.stats.samples_to_detect`).
+Unless ``data.seed`` fixes it, the data sample is drawn by the training seed with the order and the initial
+weights, so its share is inside the seeds' (the report says which). From the two parts: the seeds (at the current
+samples) and the samples per dataset (at the current seeds) at which the test detects Δ = 0.02 and 0.05 with 80%
+power at the study's α (:func:`poolattn.stats.seeds_to_detect`, :func:`poolattn.stats.samples_to_detect`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import stats
+from .config import Study
 from .markdown import fmt, md_table
 from .results import CATEGORY_LABEL, POWER, StudyResults, Tables
 
@@ -28,7 +29,24 @@ from .results import CATEGORY_LABEL, POWER, StudyResults, Tables
 TARGET_DELTAS = (0.02, 0.05)
 #: Seeds beyond this count as out of reach.
 MAX_SEEDS = 1000
-DATA_SAMPLE = "not varied apart from the training seed, which draws both the training subset and its order"
+
+
+def data_sample(study: Study) -> str:
+    """What the seeds vary besides the initial weights, as the config sets it."""
+    fixed_sample, fixed_order = study.data.seed is not None, study.recipe.order_seed is not None
+    if fixed_sample and fixed_order:
+        return (
+            f"fixed (data seed {study.data.seed}) and so is the data order (order seed {study.recipe.order_seed}): "
+            "the seeds vary the initial weights alone, and no share is data's"
+        )
+    if fixed_sample:
+        return (
+            f"fixed (data seed {study.data.seed}; each seed draws its own order and initial weights): conclusions "
+            "hold for this training sample, and no share is the sample's"
+        )
+    if fixed_order:
+        return f"drawn by each training seed, while the data order is fixed (order seed {study.recipe.order_seed})"
+    return "not varied apart from the training seed, which draws both the training subset and its order"
 
 
 @dataclass
@@ -111,7 +129,7 @@ def variance_budget(results: StudyResults, tables: Tables) -> VarianceBudget:
             entries.append(entry)
         if entries:
             categories.append(CategoryBudget(category, entries))
-    return VarianceBudget(alpha, POWER, DATA_SAMPLE, categories)
+    return VarianceBudget(alpha, POWER, data_sample(results.typed_config), categories)
 
 
 def requirement(entry: BudgetEntry, delta: float, alpha: float) -> Requirement:
@@ -166,8 +184,8 @@ def section_budget(budget: VarianceBudget) -> str:
         "per-sample scores bootstrapped within each dataset); it shrinks as 1/√n with more samples per dataset. "
         "*SD(Δ) per seed*: how far one training run's Δ scatters between seeds (the same evaluation samples for "
         "every seed); averaging S seeds divides it by √S. *Seeds' share*: the part of Δ's variance, as reported "
-        f"here over {n_seeds} seed(s), that training noise makes up. The data sample is {budget.data_sample}, so "
-        "its share is inside the seeds'. The last columns say what the `†` test would need to detect a true Δ of "
+        f"here over {n_seeds} seed(s), that training noise makes up. The data sample is {budget.data_sample}. "
+        "The last columns say what the `†` test would need to detect a true Δ of "
         f"that size with {budget.power:.0%} power (two-sided, α = {budget.alpha:g}, one comparison): the seeds at "
         "the current samples, and the samples per dataset at the current seeds (“out of reach”: the seeds' part "
         "alone is too large, more seeds are needed first)."
