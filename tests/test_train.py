@@ -245,3 +245,15 @@ def test_written_config_round_trips(tiny_llama, tmp_path):
     )
     train(config, records=make_records(), progress=False)
     assert load_train_config(tmp_path / "train_config.toml") == config
+
+
+def test_adam_beta2_reaches_the_optimiser_and_leaves_other_hashes_alone(tiny_llama, tmp_path):
+    from poolattn.training.trainer import Trainer
+
+    default = config_for(tiny_llama, tmp_path / "a", "recipe.steps=2")
+    set_ = config_for(tiny_llama, tmp_path / "b", "recipe.steps=2", "recipe.adam_beta2=0.95")
+    assert set_.hash() != default.hash()
+    assert config_for(tiny_llama, tmp_path / "c", "recipe.steps=2", "recipe.adam_beta2=0.999").hash() != default.hash()
+    for config, beta2 in ((default, 0.999), (set_, 0.95)):
+        trainer = Trainer(config, make_records(), progress=False)
+        assert {group["betas"] for group in trainer.optimizer.param_groups} == {(0.9, beta2)}

@@ -157,6 +157,9 @@ class RecipeSection:
     head_lr: float | None = None
     #: AdamW weight decay of matrices (vectors are not decayed).
     weight_decay: float = 0.01
+    #: AdamW's second-moment decay (None: torch's 0.999). Over a few dozen steps 0.999 averages every squared
+    #: gradient since the first, so one early outlier batch damps every later update; 0.95 forgets it.
+    adam_beta2: float | None = None
     #: Steps of linear warm-up.
     warmup_steps: int = 0
     #: One of :data:`SCHEDULERS`.
@@ -260,7 +263,7 @@ class TrainConfig:
 
 
 #: Keys left out of :meth:`TrainConfig.hash` while they are None.
-UNSET_IF_NONE = (("data", "seed"), ("recipe", "order_seed"), ("model", "num_layers"))
+UNSET_IF_NONE = (("data", "seed"), ("recipe", "order_seed"), ("recipe", "adam_beta2"), ("model", "num_layers"))
 
 
 #: Every numeric key of a training config and the values it takes (finite; ``None`` where the key allows it).
@@ -276,6 +279,7 @@ RANGES: dict[str, Range] = {
     "recipe.lr": POSITIVE,
     "recipe.head_lr": POSITIVE,
     "recipe.weight_decay": NOT_NEGATIVE,
+    "recipe.adam_beta2": Range(0, 1, high_open=True),
     "recipe.warmup_steps": NOT_NEGATIVE,
     "recipe.max_grad_norm": POSITIVE,
     "recipe.scale": POSITIVE,

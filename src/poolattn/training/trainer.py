@@ -204,7 +204,8 @@ class Trainer:
         self.model = build_model(config).to(self.dist.device).train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.recipe), lr=self.recipe.lr)
+        betas = (0.9, 0.999 if self.recipe.adam_beta2 is None else self.recipe.adam_beta2)
+        optimizer = torch.optim.AdamW(param_groups(self.model, self.recipe), lr=self.recipe.lr, betas=betas)
         scheduler = get_scheduler(
             self.recipe.scheduler,
             optimizer,
