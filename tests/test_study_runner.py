@@ -131,10 +131,10 @@ def test_phase_clock_counts_nested_phases_once(monkeypatch: pytest.MonkeyPatch) 
     ticks = iter(range(100))
     monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(ticks)))
     clock = progress.PhaseClock()
-    # training: reads 0 (pause nothing), 1 (start); mining: 2 (pauses training after 1 s), 3 (start), 4 (end)
+    # the clock reads 0 when made, 1 as training starts, 2 as mining starts (training has run 1 s), 3 as mining
+    # ends (1 s) and 4 as training ends (1 s more since it resumed at 3): training 2 s, mining 1 s
     with clock("training"), clock("mining"):
         pass
-    # training resumed at 4 and ended at 5: 1 + 1 = 2 s; mining 1 s
     assert clock.seconds == {"training": 2.0, "mining": 1.0}
     assert list(clock.snapshot()) == ["mining", "training"]
 

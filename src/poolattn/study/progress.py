@@ -80,35 +80,31 @@ class PhaseClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.stack: list[list[Any]] = []  # [phase, time it last resumed]
+        self.stack: list[str] = []  # the running phase last
+        self.since = time.perf_counter()  # when the running phase last started or resumed
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        self.pause_outer(time.perf_counter())
-        self.stack.append([phase, time.perf_counter()])
+        self.switch()
+        self.stack.append(phase)
         try:
             yield
         finally:
-            end = time.perf_counter()
-            name, resumed = self.stack.pop()
-            self.seconds[name] = self.seconds.get(name, 0.0) + end - resumed
-            if self.stack:
-                self.stack[-1][1] = end
+            self.switch()
+            self.stack.pop()
 
-    def pause_outer(self, at: float) -> None:
+    def switch(self) -> None:
+        """Credit the running phase with the time since it last started or resumed."""
+        at = time.perf_counter()
         if self.stack:
-            outer = self.stack[-1]
-            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + at - outer[1]
-            outer[1] = at
+            self.seconds[self.stack[-1]] = self.seconds.get(self.stack[-1], 0.0) + at - self.since
+        self.since = at
 
     def snapshot(self) -> dict[str, float]:
         """Seconds per phase so far (a running phase included), rounded, in :data:`PHASES` order."""
-        seconds = dict(self.seconds)
-        at = time.perf_counter()
-        for name, resumed in self.stack[-1:]:
-            seconds[name] = seconds.get(name, 0.0) + at - resumed
-        order = [p for p in PHASES if p in seconds] + sorted(set(seconds) - set(PHASES))
-        return {name: round(seconds[name], 1) for name in order}
+        self.switch()
+        order = [p for p in PHASES if p in self.seconds] + sorted(set(self.seconds) - set(PHASES))
+        return {name: round(self.seconds[name], 1) for name in order}
 
 
 def fmt_seconds(seconds: float) -> str:
