@@ -114,6 +114,12 @@ def _classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str,
     return {k: float(v) for k, v in scores.items()}
 
 
+def classification_draws(data: ClassificationData) -> tuple[list[list[int]], list[int]]:
+    """A classification task's n-shot draws and the sorted union of their pool indices (what gets encoded)."""
+    draws = undersample(data.train_labels, data.n_experiments, data.samples_per_label)
+    return draws, sorted(set().union(*draws))
+
+
 def score_classification(data: ClassificationData, embed: Embed, instruction: str | None) -> Score:
     """mteb ``AbsTaskClassification``: logistic regression on n-shot draws, metrics averaged over draws.
 
@@ -125,8 +131,7 @@ def score_classification(data: ClassificationData, embed: Embed, instruction: st
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    draws = undersample(data.train_labels, data.n_experiments, data.samples_per_label)
-    union = sorted(set().union(*draws))
+    draws, union = classification_draws(data)
     row = {idx: k for k, idx in enumerate(union)}
     train_emb = embed([data.train_texts[i] for i in union], instruction)
     test_emb = embed(data.texts, instruction)

@@ -114,13 +114,12 @@ def eval_texts(study: Study) -> list[str] | None:
 
 def encoded_texts(data: Any) -> set[str]:
     """The distinct texts a task's scorer encodes (a classification task: its test texts and its draws)."""
-    from ..evaluate.scorers import undersample
+    from ..evaluate.scorers import classification_draws
     from ..evaluate.task_data import ClassificationData
 
     if not isinstance(data, ClassificationData):
         return data.all_texts()
-    draws = undersample(data.train_labels, data.n_experiments, data.samples_per_label)
-    return {data.train_texts[i] for i in set().union(*draws)} | set(data.texts)
+    return {data.train_texts[i] for i in classification_draws(data)[1]} | set(data.texts)
 
 
 def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.device) -> Estimate:
