@@ -230,11 +230,33 @@ def test_cost_estimate_measures_here(fake_suite, tiny_llama: Path, tmp_path: Pat
     cost = estimate(study, cells, str(tiny_llama), torch.device("cpu"))
     trained = sum(c.design.train for c in cells)
     assert cost.step_seconds > 0 and cost.encode_texts_per_second > 0
-    assert cost.phases["training"] == pytest.approx(trained * study.recipe.steps * cost.step_seconds)
+    heldout = 4 * study.data.heldout / cost.encode_texts_per_second  # held-out pairs before and after training
+    assert cost.phases["training"] == pytest.approx(trained * (study.recipe.steps * cost.step_seconds + heldout))
     texts = eval_texts(study)
     assert texts and cost.phases["evaluation"] == pytest.approx(len(cells) * len(texts) / cost.encode_texts_per_second)
+    assert cost.phases["layer pass"] == pytest.approx(len(texts) / cost.encode_texts_per_second)  # not cut: x 1
     assert cost.total_seconds == pytest.approx(sum(cost.phases.values()))
     assert "ETA" in cost.line()
+
+
+def test_the_estimate_scales_what_runs_the_whole_backbone(tiny_llama: Path, tmp_path: Path) -> None:
+    """With the cells cut to k layers, the layer pass costs (all layers / k) of an encode, adaptation also its LM
+    head's share: the matmul parameters per token, as the tiny model's own sizes give them."""
+    from study_fixtures import make_study_file
+    from transformers import AutoConfig
+
+    from poolattn.study.config import load_study
+    from poolattn.study.estimate import depth_factors
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    layer = 2 * h * (h + kv) + 3 * h * inter
+    assert depth_factors(load_study(make_study_file(tmp_path, tiny_llama)), str(tiny_llama)) == pytest.approx(
+        (1.0, (layers * layer + h * vocab) / (layers * layer))
+    )
+    cut = load_study(make_study_file(tmp_path, tiny_llama), ["model.num_layers=1"])
+    assert depth_factors(cut, str(tiny_llama)) == pytest.approx((layers, (layers * layer + h * vocab) / layer))
 
 
 def test_the_estimate_counts_the_texts_a_scorer_encodes() -> None:

@@ -123,19 +123,39 @@ def encoded_texts(data: Any) -> set[str]:
 
 
 def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.device) -> Estimate:
-    """Measure here and add up the pending cells' phases."""
+    """Measure here and add up the pending cells' phases.
+
+    The probes run the backbone as the cells do (cut to ``model.num_layers`` where set); adaptation and the layer
+    pass run all its layers (adaptation also its LM head), so their share is scaled by the matmul work per token.
+    Every trained cell also scores its held-out pairs before its first step and after its last."""
     texts = eval_texts(study)
     sample = random.Random(0).sample(texts, min(PROBE_TEXTS, len(texts))) if texts else None
     step_seconds, texts_per_second, tokens = measure(study, backbone, device, sample)
+    whole, with_head = depth_factors(study, backbone)
     trained = [c for c in cells if c.design.train]
-    phases = {"training": len(trained) * study.recipe.steps * step_seconds}
+    heldout_texts = 2 * 2 * study.data.heldout  # query and positive, before and after training
+    phases = {"training": len(trained) * (study.recipe.steps * step_seconds + heldout_texts / texts_per_second)}
     if study.adapt is not None:
         seeds = {c.seed for c in trained if study.adapted(c.design)}
         share = (study.adapt.batch_size * study.adapt.max_length) / max(1, study.recipe.batch_size * 2 * tokens)
-        phases["adaptation"] = len(seeds) * study.adapt.steps * step_seconds * share
+        phases["adaptation"] = len(seeds) * study.adapt.steps * step_seconds * share * with_head
     n_texts = None if texts is None else len(texts)
     if n_texts is not None:
         phases["evaluation"] = len(cells) * n_texts / texts_per_second
         if study.layers.enabled:
-            phases["layer pass"] = n_texts / texts_per_second
+            phases["layer pass"] = n_texts / texts_per_second * whole
     return Estimate(step_seconds, texts_per_second, tokens, phases)
+
+
+def depth_factors(study: Study, backbone: str) -> tuple[float, float]:
+    """Matmul work per token of the whole backbone, and of the whole backbone with its LM head, each relative to
+    the backbone as the cells run it (its first ``model.num_layers`` layers)."""
+    from transformers import AutoConfig
+
+    from ..costs import Shape
+
+    shape = Shape.of(AutoConfig.from_pretrained(backbone))
+    layer = 2 * shape.hidden * (shape.q_dim + shape.kv_dim) + 3 * shape.hidden * shape.intermediate
+    used = layer * min(study.model.num_layers or shape.layers, shape.layers)
+    whole = layer * shape.layers
+    return whole / used, (whole + shape.hidden * shape.vocab) / used
