@@ -18,7 +18,7 @@ import torch
 
 from ..backbone import autocast_precision, resolve_precision
 from ..model import EmbeddingModel
-from .cells import Cell
+from .cells import Cell, layer_tasks, layers_profile
 from .config import Study
 
 #: Probe texts are this share of ``model.max_length`` tokens (short texts dominate the shipped data).
@@ -98,17 +98,19 @@ def measure(
     return step_seconds, len(texts) / encode_seconds, tokens
 
 
-def eval_texts(study: Study) -> list[str] | None:
-    """The texts one design encodes in the offline suite: each task's distinct texts (a classification task's
-    test texts and the union of its n-shot draws, not its whole pool), task after task, since each task has its
-    own instruction (None for MTEB: unknown before it downloads)."""
+def eval_texts(study: Study, tasks: list[str] | None = None, profile: str | None = None) -> list[str] | None:
+    """The texts one design encodes in the offline suite (``tasks``: these instead of the evaluation's): each
+    task's distinct texts (a classification task's test texts and the union of its n-shot draws, not its whole
+    pool), task after task, since each task has its own instruction (None for MTEB: unknown before it
+    downloads)."""
     if study.eval.suite != "offline":
         return None
     from ..evaluate.offline import select_tasks
 
+    profile = profile or study.eval.profile
     texts: list[str] = []
-    for task in select_tasks(study.eval.tasks, study.eval.profile):  # type: ignore[arg-type]
-        texts += sorted(encoded_texts(task.load(study.eval.profile)))  # type: ignore[arg-type]
+    for task in select_tasks(study.eval.tasks if tasks is None else tasks, profile):  # type: ignore[arg-type]
+        texts += sorted(encoded_texts(task.load(profile)))  # type: ignore[arg-type]
     return texts
 
 
@@ -143,7 +145,8 @@ def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.devic
     if n_texts is not None:
         phases["evaluation"] = len(cells) * n_texts / texts_per_second
         if study.layers.enabled:
-            phases["layer pass"] = n_texts / texts_per_second * whole
+            layer_texts = eval_texts(study, layer_tasks(study), layers_profile(study)) or []
+            phases["layer pass"] = len(layer_texts) / texts_per_second * whole
     return Estimate(step_seconds, texts_per_second, tokens, phases)
 
 
