@@ -39,6 +39,7 @@ from poolattn import EmbeddingModel, assets, machine
 from poolattn.backbone import autocast_precision
 from poolattn.corpora import lee_background, trec_questions
 from poolattn.model import default_batch_tokens, plan_batches
+from poolattn.quantize import int8_copy
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
@@ -130,7 +131,7 @@ def main() -> None:
 
     fp32 = EmbeddingModel.from_backbone(path, pooling="eos", max_length=args.max_length)
     bf16 = EmbeddingModel.from_backbone(path, pooling="eos", dtype="bfloat16", max_length=args.max_length)
-    int8 = fp32.int8()
+    int8 = int8_copy(fp32)
     variants = {  # name: (model, autocast precision, encode workers, matmul peak)
         "float32": (fp32, "fp32", args.workers, peaks["float32"]),
         "bf16 autocast": (fp32, "bf16", args.workers, peaks["bfloat16"]),
@@ -227,7 +228,7 @@ def multilayer_vs_eos(
         for pooling in ("eos", "multilayer")
     }
     if precision == "int8":
-        models = {pooling: model.int8() for pooling, model in models.items()}
+        models = {pooling: int8_copy(model) for pooling, model in models.items()}
     times: dict[str, list[float]] = {pooling: [] for pooling in models}
     for _ in range(args.repeats):
         for pooling, model in models.items():
