@@ -234,7 +234,7 @@ def test_cost_estimate_measures_here(fake_suite, tiny_llama: Path, tmp_path: Pat
     assert cost.phases["training"] == pytest.approx(trained * (study.recipe.steps * cost.step_seconds + heldout))
     texts = eval_texts(study)
     assert texts and cost.phases["evaluation"] == pytest.approx(len(cells) * len(texts) / cost.encode_texts_per_second)
-    layer_texts = eval_texts(study, ["FakeSTS", "FakePairs", "FakeRetrieval"])  # the study's layers.tasks
+    layer_texts = eval_texts(study, study.layers.tasks)
     assert layer_texts and len(layer_texts) < len(texts)
     assert cost.phases["layer pass"] == pytest.approx(len(layer_texts) / cost.encode_texts_per_second)  # not cut
     assert cost.total_seconds == pytest.approx(sum(cost.phases.values()))
