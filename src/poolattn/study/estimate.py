@@ -151,14 +151,16 @@ def estimate(study: Study, cells: list[Cell], backbone: str, device: torch.devic
 
 
 def depth_factors(study: Study, backbone: str) -> tuple[float, float]:
-    """Matmul work per token of the whole backbone, and of the whole backbone with its LM head, each relative to
-    the backbone as the cells run it (its first ``model.num_layers`` layers)."""
+    """Parameters per token of the whole backbone, and of the whole backbone with its LM head, each relative to
+    the backbone as the cells run it (its first ``model.num_layers`` decoder layers), counted on the meta device."""
     from transformers import AutoConfig
 
-    from ..costs import Shape
+    from ..backbone import decoder_layers
+    from ..costs import meta_backbone, numel, text_config
 
-    shape = Shape.of(AutoConfig.from_pretrained(backbone))
-    layer = 2 * shape.hidden * (shape.q_dim + shape.kv_dim) + 3 * shape.hidden * shape.intermediate
-    used = layer * min(study.model.num_layers or shape.layers, shape.layers)
-    whole = layer * shape.layers
-    return whole / used, (whole + shape.hidden * shape.vocab) / used
+    config = AutoConfig.from_pretrained(backbone)
+    per_layer = [numel(layer) for layer in decoder_layers(meta_backbone(config))]
+    used = sum(per_layer[: study.model.num_layers])
+    whole = sum(per_layer)
+    head = text_config(config).hidden_size * text_config(config).vocab_size
+    return whole / used, (whole + head) / used
