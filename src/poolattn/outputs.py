@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,22 +50,34 @@ def locked(folder: Path) -> Iterator[None]:
     check_folder_target(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise OutputError(
-                f"{folder} is in use by another poolattn run (pid {holder}); wait for it or choose another folder"
+                f"{folder} is in use by another poolattn run (pid {lock_holder(fd)}); wait for it or choose another "
+                "folder"
             ) from None
-        pid = f"{os.getpid()}\n".encode()
-        if os.pread(fd, 32, 0) != pid:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, pid, 0)
+        held = True
+        os.ftruncate(fd, 0)  # a holder that was killed left its pid
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         remove_stale(folder, locked=True)
         yield
     finally:
+        if held:
+            os.ftruncate(fd, 0)  # still held: the file names a pid only while that run holds the lock
         os.close(fd)  # releases the lock
+
+
+def lock_holder(fd: int, wait: float = 1.0) -> str:
+    """The process id the lock's holder wrote; one that has only just taken the lock gets ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "unknown"
+        time.sleep(0.01)
 
 
 # ============================================================================================ ownership
