@@ -50,7 +50,6 @@ def locked(folder: Path) -> Iterator[None]:
     check_folder_target(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,19 +58,19 @@ def locked(folder: Path) -> Iterator[None]:
                 f"{folder} is in use by another poolattn run (pid {lock_holder(fd)}); wait for it or choose another "
                 "folder"
             ) from None
-        held = True
-        os.ftruncate(fd, 0)  # a holder that was killed left its pid
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pid = f"{os.getpid()}\n".encode()
+        if os.pread(fd, 32, 0) != pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
         remove_stale(folder, locked=True)
         yield
     finally:
-        if held:
-            os.ftruncate(fd, 0)  # still held: the file names a pid only while that run holds the lock
         os.close(fd)  # releases the lock
 
 
 def lock_holder(fd: int, wait: float = 1.0) -> str:
-    """The process id the lock's holder wrote; one that has only just taken the lock gets ``wait`` seconds."""
+    """The process id the lock's holder wrote; one that has only just taken the lock (its file still empty) gets
+    ``wait`` seconds to write it."""
     deadline = time.monotonic() + wait
     while True:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
