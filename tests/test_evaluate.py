@@ -608,3 +608,23 @@ def test_sentence_transformer_peer(tmp_path: Path) -> None:
     assert not np.allclose(templated.encode(["a cat"], instruction="Classify"), encoder.encode(["a cat"]))
     result = offline.run_suite(encoder, tmp_path, tasks=["WordSim353STS"], profile="quick", progress=False)[0]
     assert result["main_score"] > 0.5  # a trained peer ranks word relatedness well
+
+
+def test_a_task_sample_size_in_place_of_the_profiles(tmp_path: Path) -> None:
+    task = get_task("BibleKJVWEBGradedSTS")
+    quick, larger, full = task.load("quick"), task.load("quick", 300), task.load("full")
+    assert (n_samples(quick), n_samples(larger), n_samples(full)) == (150, 300, 1200)
+    assert set(quick.ids) <= set(larger.ids) <= set(full.ids)  # each sample is inside the next larger one
+    assert larger.ids == full.ids[:300]
+    for bad in (0, 1201):
+        with pytest.raises(ValueError, match=r"BibleKJVWEBGradedSTS: samples = .*must be 1 to 1200"):
+            task.load("quick", bad)
+    encoder = HashEncoder()
+    tasks = ["BibleKJVWEBGradedSTS", "NewsLeadRetrieval"]
+    results = offline.run_suite(
+        encoder, tmp_path, tasks=tasks, profile="quick", samples={"BibleKJVWEBGradedSTS": 300}, progress=False
+    )
+    assert [r["n_samples"] for r in results] == [300, n_samples(get_task("NewsLeadRetrieval").load("quick"))]
+    assert results[0]["data_hash"] == data_hash(larger) != data_hash(quick)
+    planned = offline.plan_suite("quick", tasks, samples={"BibleKJVWEBGradedSTS": 300})
+    assert len(planned["BibleKJVWEBGradedSTS"]) == results[0]["n_texts"]

@@ -807,3 +807,26 @@ def test_report_fails_at_once_while_a_run_holds_the_folder(study: Path) -> None:
     assert free.exit_code == 0 and report.stat().st_mtime_ns > before, free.output
     missing = CliRunner().invoke(app, ["report", str(study.parent / "none")])
     assert missing.exit_code == 2 and not (study.parent / "none").exists()
+
+
+def test_the_papers_significant_findings_are_one_holm_family(seeded: Path) -> None:
+    results = json.loads((seeded / "results.json").read_text())
+    table, rows = results["table1"], results["paper_comparison"]["rows"]
+    family = [r for r in rows if r["paper_significant"] and r["counted"] and r["design_effect"]]
+    assert family and all(r["family_pvalue"] is not None for r in family)
+    assert all(r["family_pvalue"] is None for r in rows if r not in family)
+    raw = [table[r["design"]][r["category"]]["within"]["pvalue"] for r in family]
+    m, order = len(raw), sorted(range(len(raw)), key=lambda i: raw[i])
+    holm, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):  # Holm by hand: running max of (m - rank) * p, capped at 1
+        running = max(running, min(1.0, (m - rank) * raw[i]))
+        holm[i] = running
+    for row, adjusted in zip(family, holm, strict=True):
+        assert row["family_pvalue"] == pytest.approx(adjusted)
+        sign = 1 if row["paper_delta"] > 0 else -1
+        expected = "not resolved" if adjusted >= 0.05 else "holds" if row["delta"] * sign > 0 else "contradicted"
+        assert row["verdict"] == expected and math.isfinite(row["family_mde"]) and row["family_mde"] > 0
+    resolved = sum(r["verdict"] in ("holds", "contradicted") for r in family)
+    assert resolved >= 1  # the fixture's M5 +0.08 on STS is far above its noise
+    markdown = (seeded / "report.md").read_text()
+    assert f"tested as one family:** {resolved} of {len(family)} resolved" in markdown

@@ -50,6 +50,9 @@ def test_default_and_paper_configs_validate() -> None:
         (('"FakeSTS", "FakePairs"', '"Nope", "FakePairs"'), r"line 33: layers.tasks: unknown offline task 'Nope'"),
         (("seeds = [0]", "seeds = [0, 0]"), r"line 4: seeds: has duplicates"),
         (("[model]\n", '[model]\ncolour = "red"\n'), r"line 12: model.colour: unknown key"),
+        (('suite = "offline"', 'suite = "offline"\nsamples = { Nope = 3 }'), r"eval.samples: unknown offline task"),
+        (('suite = "offline"', 'suite = "offline"\nsamples = { FakeSTS = 25 }'), r"FakeSTS = 25; expected .* 1 to 24"),
+        (('suite = "offline"', 'suite = "offline"\nsamples = { FakeSTS = true }'), r"FakeSTS = True; expected"),
     ],
 )
 def test_config_errors_name_file_line_and_key(study_file: Path, fake_suite, edit, message) -> None:

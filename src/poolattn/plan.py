@@ -12,7 +12,7 @@ and its own stages, and turns FLOPs into time:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -148,14 +148,17 @@ def mteb_workload(names: Sequence[str], max_length: int) -> list[tuple[str, int,
     return out
 
 
-def offline_workload(names: Sequence[str] | None, profile: str, max_length: int) -> list[tuple[str, int, float]]:
-    """Texts and mean tokens of the offline suite's tasks (read from the shipped data)."""
+def offline_workload(
+    names: Sequence[str] | None, profile: str, max_length: int, samples: Mapping[str, int] | None = None
+) -> list[tuple[str, int, float]]:
+    """Texts and mean tokens of the offline suite's tasks (read from the shipped data; ``samples``: per-task
+    sample sizes in place of the profile's)."""
     from .evaluate import tasks as registry
 
     chosen = [registry.get_task(n) for n in names] if names else registry.list_tasks(profile)  # type: ignore[arg-type]
     out = []
     for task in chosen:
-        texts = list(task.load(profile).all_texts())
+        texts = list(task.load(profile, (samples or {}).get(task.name)).all_texts())  # type: ignore[arg-type]
         chars = sum(len(t) for t in texts)
         out.append((task.name, len(texts), min(max_length, chars / max(1, len(texts)) / CHARS_PER_TOKEN + 2)))
     return out
@@ -170,7 +173,7 @@ def eval_workload(section: Any, max_length: int) -> list[tuple[str, int, float]]
 
             names = [t.metadata.name for t in mteb.get_benchmark(section.benchmark).tasks]
         return mteb_workload(names, max_length)
-    return offline_workload(section.tasks, section.profile, max_length)
+    return offline_workload(section.tasks, section.profile, max_length, getattr(section, "samples", None))
 
 
 # ------------------------------------------------------------------------------------------------ plan

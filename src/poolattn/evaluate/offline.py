@@ -86,6 +86,7 @@ def run_suite(
     instructions: Mapping[str, str | None] | None = None,
     precision: str | None = None,
     progress: bool = True,
+    samples: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` on the offline suite; one JSON per task at ``output_dir/<task>.json``.
 
@@ -94,7 +95,8 @@ def run_suite(
     precision, max length, instruction template). ``model_id`` defaults to ``encoder.name`` and ``config_hash``
     to ``encoder.config_hash()`` when the encoder has one; ``precision`` (recorded in each result) to the
     autocast in force (:func:`~.encoders.active_precision`). ``instructions`` overrides the default instruction
-    by task name or category (``None`` or ``""``: no instruction). Returns the result dicts in task order.
+    by task name or category (``None`` or ``""``: no instruction); ``samples`` sets a task's sample size in place
+    of the profile's (:meth:`~.tasks.Task.size`). Returns the result dicts in task order.
     """
     from rich.console import Console
 
@@ -110,8 +112,9 @@ def run_suite(
     cache = EmbeddingCache(encoder)
     versions = package_versions(SCORE_PACKAGES)
     results = []
+    samples = dict(samples or {})
     for number, task in enumerate(selected, start=1):
-        data = task.load(profile)
+        data = task.load(profile, samples.get(task.name))
         instruction = resolve_instruction(task, instructions)
         identity = {
             "suite_version": SUITE_VERSION,
@@ -165,7 +168,10 @@ def run_suite(
 
 
 def plan_suite(
-    profile: Profile = "full", tasks: Iterable[str] | None = None, instructions: Mapping[str, str | None] | None = None
+    profile: Profile = "full",
+    tasks: Iterable[str] | None = None,
+    instructions: Mapping[str, str | None] | None = None,
+    samples: Mapping[str, int] | None = None,
 ) -> dict[str, list[tuple[str | None, str]]]:
     """The (instruction, text) pairs each task encodes under ``profile``, for sizing a run.
 
@@ -182,7 +188,8 @@ def plan_suite(
             vecs = rng.normal(size=(len(texts), 8)).astype(np.float32)
             return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
 
-        SCORERS[task.category](task.load(profile), embed, resolve_instruction(task, instructions))
+        data = task.load(profile, (samples or {}).get(task.name))
+        SCORERS[task.category](data, embed, resolve_instruction(task, instructions))
         requests[task.name] = list(dict.fromkeys(seen))
     return requests
 

@@ -32,10 +32,12 @@ def evaluate_model(
     instructions: Mapping[str, str | None] | None = None,
     experiment: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    samples: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``encoder`` on ``suite`` under ``precision``'s autocast on ``device``; one JSON per task in ``output``.
 
-    ``offline``: :func:`~.offline.run_suite` on ``tasks`` (default: the whole suite) at ``profile``.
+    ``offline``: :func:`~.offline.run_suite` on ``tasks`` (default: the whole suite) at ``profile`` (``samples``:
+    per-task sample sizes in place of the profile's).
     ``mteb``: :func:`~.mteb_adapter.run_mteb` on ``tasks`` or ``benchmark``, labelled ``model_id`` and
     ``config_hash`` (an mteb experiment of ``model_id`` given ``experiment``). ``model_id`` and ``config_hash``
     default to the encoder's name and config hash; ``progress=None`` keeps each runner's default (shown). Each
@@ -58,6 +60,7 @@ def evaluate_model(
                 instructions=instructions,
                 precision=precision,
                 progress=shown,
+                samples=samples,
             )
         from .mteb_adapter import run_mteb  # importing mteb takes seconds
 

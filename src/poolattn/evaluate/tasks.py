@@ -78,14 +78,20 @@ class Task:
         """Optional tasks need WordNet installed; the others only need the packaged data."""
         return not self.optional or corpora.wordnet_available()
 
-    def size(self, profile: Profile) -> int:
+    def size(self, profile: Profile, samples: int | None = None) -> int:
+        """Samples under ``profile``, or ``samples`` (1 to the full profile's size: the first that many of the
+        full profile's, so every smaller sample is inside a larger one)."""
         if profile not in self.sizes:
             raise ValueError(f"unknown profile {profile!r}; known: {list(PROFILES)}")
-        return self.sizes[profile]
+        if samples is None:
+            return self.sizes[profile]
+        if not 1 <= samples <= self.sizes["full"]:
+            raise ValueError(f"{self.name}: samples = {samples}; must be 1 to {self.sizes['full']} (its full profile)")
+        return samples
 
-    def load(self, profile: Profile = "full") -> TaskData:
-        """The task's data under ``profile`` (built once per process)."""
-        key = (self.name, self.size(profile), self.experiments[profile])
+    def load(self, profile: Profile = "full", samples: int | None = None) -> TaskData:
+        """The task's data under ``profile``, or with ``samples`` samples (built once per process)."""
+        key = (self.name, self.size(profile, samples), self.experiments[profile])
         built = _BUILT.get(key)
         if built is None or built[0] is not self.build:
             data = self.build(key[1])

@@ -23,6 +23,7 @@ import numpy as np
 from .. import stats
 from .results import (
     CATEGORY_LABEL,
+    POWER,
     StudyResults,
     Tables,
     compare_designs,
@@ -212,6 +213,12 @@ class PaperRow:
     exact_head: bool
     counted: bool
     design_effect: bool
+    #: The paper's significant findings are tested as one family (:func:`test_paper_findings`): Holm-adjusted
+    #: p of our † test within it, its significance, the smallest |Δ| it detects (80% power) and the verdict.
+    family_pvalue: float | None = None
+    family_significant: bool = False
+    family_mde: float = math.nan
+    verdict: str = NOT_RESOLVED
 
 
 @dataclass
@@ -260,6 +267,16 @@ class PaperComparison:
     reference_learned: bool
     claims: list[Claim]
 
+    @property
+    def family(self) -> list[PaperRow]:
+        """The paper's significant findings that our tests speak to (counted, learned), tested as one family."""
+        return [r for r in self.rows if r.family_pvalue is not None]
+
+    @property
+    def paper_findings(self) -> int:
+        """How many of the paper's significant findings this study's designs and categories cover."""
+        return sum(r.paper_significant and r.counted for r in self.rows)
+
 
 def paper_comparison(results: StudyResults, tables: Tables, learning: Mapping[str, Learning]) -> PaperComparison | None:
     """Our Δ next to the paper's for the designs that match the paper's by (attention, pooling), when our
@@ -306,6 +323,7 @@ def paper_comparison(results: StudyResults, tables: Tables, learning: Mapping[st
             )
     if not rows:
         return None
+    test_paper_findings(rows, tables)
     tested = [r for r in rows if r.counted and r.design_effect and r.delta != 0]
     return PaperComparison(
         rows=rows,
@@ -315,6 +333,30 @@ def paper_comparison(results: StudyResults, tables: Tables, learning: Mapping[st
         reference_learned=not learning[tables.reference].flagged,
         claims=paper_claims(results, tables, spec, effect),
     )
+
+
+def test_paper_findings(rows: Sequence[PaperRow], tables: Tables) -> None:
+    """The findings the paper marks significant, fixed before any data is seen, as one confirmatory family: each
+    by our † test (its uncorrected p, training noise included), Holm-adjusted over the family alone rather than
+    over all of Table 1, with the smallest |Δ| it detects at 80% power at the level Holm's first step asks."""
+    family = [
+        r
+        for r in rows
+        if r.paper_significant and r.counted and r.design_effect and tables.table1[r.design][r.category].within
+    ]
+    if not family:
+        return
+    alpha = tables.settings["alpha"]
+    tests = [tables.table1[r.design][r.category].within for r in family]
+    adjusted = stats.holm([t["pvalue"] for t in tests])  # type: ignore[index]
+    for row, test, p in zip(family, tests, adjusted, strict=True):
+        assert test is not None
+        row.family_pvalue = float(p)
+        row.family_significant = bool(p < alpha)
+        row.family_mde = stats.minimum_detectable_effect(
+            test["se_total"], alpha=alpha / len(family), power=POWER, df=test["df"]
+        )
+        row.verdict = verdict(row.delta, row.family_significant, 1 if row.paper_delta > 0 else -1, row.seeds_measured)
 
 
 def verdict(delta: float, significant: bool, sign: int, seeds_measured: bool = True) -> str:

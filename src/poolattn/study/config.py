@@ -67,7 +67,8 @@ class Design:
 @dataclass
 class EvalSection:
     """``suite = "offline"`` (the shipped suite; ``profile`` full | quick, optional ``tasks``) or ``"mteb"``
-    (``tasks`` or ``benchmark``). ``instructions`` overrides task instructions by task name or category.
+    (``tasks`` or ``benchmark``). ``instructions`` overrides task instructions by task name or category;
+    ``samples`` sets an offline task's sample size in place of the profile's (up to its full profile's).
     ``precision``: ``bf16`` runs the evaluation's forward passes under bfloat16 autocast, ``fp32`` in the model's
     dtype, ``auto`` picks bf16 where the hardware computes it natively (resolved when the config is read)."""
 
@@ -77,6 +78,7 @@ class EvalSection:
     benchmark: str | None = None
     instructions: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
+    samples: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -444,6 +446,14 @@ class ConfigReader:
                     raise self.section_fail("eval", "tasks", f"unknown offline task {task!r}; known: {known}")
             if evaluation.benchmark is not None:
                 raise self.section_fail("eval", "benchmark", "only the mteb suite takes a benchmark")
+            for task, n in evaluation.samples.items():
+                if task not in task_registry.TASKS:
+                    raise self.section_fail("eval", "samples", f"unknown offline task {task!r}; known: {known}")
+                full = task_registry.TASKS[task].sizes["full"]
+                if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full:
+                    raise self.section_fail("eval", "samples", f"{task} = {n!r}; expected an integer 1 to {full}")
+        elif evaluation.samples:
+            raise self.section_fail("eval", "samples", "only the offline suite takes sample sizes")
         elif (evaluation.tasks is None) == (evaluation.benchmark is None):
             raise self.section_fail("eval", "tasks", "the mteb suite needs exactly one of tasks and benchmark")
         for task in layers.tasks or []:

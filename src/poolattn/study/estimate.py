@@ -108,9 +108,10 @@ def eval_texts(study: Study, tasks: list[str] | None = None, profile: str | None
     from ..evaluate.offline import select_tasks
 
     profile = profile or study.eval.profile
+    samples = study.eval.samples if tasks is None else {}
     texts: list[str] = []
     for task in select_tasks(study.eval.tasks if tasks is None else tasks, profile):  # type: ignore[arg-type]
-        texts += sorted(encoded_texts(task.load(profile)))  # type: ignore[arg-type]
+        texts += sorted(encoded_texts(task.load(profile, samples.get(task.name))))  # type: ignore[arg-type]
     return texts
 
 

@@ -417,6 +417,7 @@ class StudyRunner:
             instructions=evaluation.instructions or None,
             experiment={"design": cell.design.name, "seed": cell.seed, **cell.design.identity()},
             progress=self.progress,
+            samples=evaluation.samples or None,
         )
         if evaluation.suite == "mteb":
             return {"texts": None, "seconds": time.perf_counter() - start, "source": "mteb"}

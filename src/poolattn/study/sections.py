@@ -8,7 +8,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .conclusions import LEARNED_CHANCE_RATIO, LEARNED_MIN_DROP, Claim, Learning, PaperComparison, PaperRow
+from .conclusions import (
+    CONTRADICTED,
+    HOLDS,
+    LEARNED_CHANCE_RATIO,
+    LEARNED_MIN_DROP,
+    Claim,
+    Learning,
+    PaperComparison,
+    PaperRow,
+)
 from .markdown import fmt, fmt_p, md_table
 from .results import CATEGORY_LABEL, StudyResults, Tables
 
@@ -141,8 +150,13 @@ def section_paper(comparison: PaperComparison | None, tables: Tables) -> str:
             return "variant, not counted"
         return "counted" + ("" if r.exact_head else " (project's head, not the paper's)")
 
+    def finding(r: PaperRow) -> str:
+        if r.family_pvalue is None:
+            return "—"
+        return f"{r.verdict} (p {fmt_p(r.family_pvalue)}, detects {fmt(r.family_mde, 3)})"
+
     table = md_table(
-        ["ours", "paper", "category", "paper Δ", "our Δ", "same direction", "reading"],
+        ["ours", "paper", "category", "paper Δ", "our Δ", "same direction", "reading", "paper's finding here"],
         [
             [
                 r.design,
@@ -152,10 +166,11 @@ def section_paper(comparison: PaperComparison | None, tables: Tables) -> str:
                 f"{fmt(r.delta, signed=True)}{tables.table1[r.design][r.category].marks}",
                 "yes" if r.agree else "**no**",
                 reading(r),
+                finding(r),
             ]
             for r in comparison.rows
         ],
-        "lllrrll",
+        "lllrrlll",
     )
     sign, sign_sig = comparison.sign_test, comparison.sign_test_paper_significant
     if sign["n"]:
@@ -176,6 +191,7 @@ def section_paper(comparison: PaperComparison | None, tables: Tables) -> str:
         agreement = "No comparison is counted: every matching design's Δ is not a design effect."
     if comparison.not_counted:
         agreement += f" Not counted ({why}): {', '.join(comparison.not_counted)}."
+    agreement += "\n\n" + findings_summary(comparison, alpha)
     lines = [
         f"A claim **holds** or is **contradicted** here only where our `†` test is significant (Holm, p < {alpha:g}; "
         "the best-design claims: the best design against the best of the other group, one test, uncorrected) with "
@@ -194,6 +210,33 @@ def section_paper(comparison: PaperComparison | None, tables: Tables) -> str:
         "evidence about this set-up, not a replication of the paper."
     )
     return agreement + "\n\n" + table + "\n\n" + "\n".join(lines)
+
+
+def findings_summary(comparison: PaperComparison, alpha: float) -> str:
+    """How many of the paper's significant findings this study resolves, tested as their own family."""
+    family, covered = comparison.family, comparison.paper_findings
+    if not covered:
+        return "None of the paper's significant findings (`*` in its table) is among this study's comparisons."
+    verdicts = [r.verdict for r in family]
+    holds, contradicted = verdicts.count(HOLDS), verdicts.count(CONTRADICTED)
+    mdes = [r.family_mde for r in family if math.isfinite(r.family_mde)]
+    power = (
+        f" The smallest |Δ| each of these tests detects with 80% probability: {fmt(float(np.median(mdes)), 3)} "
+        f"(median; {fmt(min(mdes), 3)}–{fmt(max(mdes), 3)}); a finding whose true Δ is below that is often missed."
+        if mdes
+        else ""
+    )
+    return (
+        f"**The paper's significant findings, tested as one family:** {holds + contradicted} of {covered} resolved "
+        f"here ({holds} hold, {contradicted} contradicted). The {covered} findings the paper marks `*` that this "
+        f"study's designs cover were fixed before any of its data was seen, so they form a confirmatory family: "
+        f"each is our `†` test of that design and category (training noise included), Holm-corrected over the "
+        f"{len(family)} tested (p < {alpha:g}) rather than over all of Table 1; a finding holds or is contradicted "
+        "only where that test is significant with several seeds (last column of the table)"
+        + (f"; {covered - len(family)} not tested (the design did not learn)" if covered > len(family) else "")
+        + "."
+        + power
+    )
 
 
 def claim_detail(claim: Claim, why: str) -> str:
