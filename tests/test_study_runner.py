@@ -139,6 +139,27 @@ def test_phase_clock_counts_nested_phases_once(monkeypatch: pytest.MonkeyPatch) 
     assert list(clock.snapshot()) == ["mining", "training"]
 
 
+def test_the_eta_after_an_untrained_cell_scales_the_measured_prior(tmp_path: Path) -> None:
+    """An untrained cell only evaluates: its time alone must not stand for a trained cell's (which also trains)."""
+    from poolattn.study import progress
+    from poolattn.study.cells import Cell
+    from poolattn.study.config import Design
+    from poolattn.study.estimate import Estimate
+
+    base, trained = Design("M0", "causal", "eos", train=False), Design("M1", "causal", "eos")
+    cells = [Cell(base, None, "a"), Cell(trained, 0, "b"), Cell(trained, 1, "c")]
+    cost = Estimate(1.0, 100.0, 32, {"training": 180.0, "adaptation": 20.0, "evaluation": 30.0})
+    assert cost.cell_seconds(cells) == {True: 110.0, False: 10.0}
+    grid = progress.GridProgress(cells, tmp_path / "events.jsonl", enabled=False)
+    assert grid.eta() == "ETA after the first cell"
+    grid.expect(cost.cell_seconds(cells))
+    assert grid.eta() == "ETA 3:50"  # 10 + 2 x 110 s
+    grid.done(cells[0], 20.0, reused=False)  # evaluation ran twice as slow as measured: so will training
+    assert grid.eta() == "ETA 7:20"  # 2 x 220 s
+    grid.done(cells[1], 100.0, reused=False)  # a trained cell's own time wins once there is one
+    assert grid.eta() == "ETA 1:40"
+
+
 def test_rerun_reuses_everything(study_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import poolattn.training
 

@@ -38,6 +38,14 @@ class Estimate:
     def total_seconds(self) -> float:
         return sum(self.phases.values())
 
+    def cell_seconds(self, cells: list[Cell]) -> dict[bool, float]:
+        """Expected seconds of a trained (True) and an untrained (False) cell among ``cells``: the evaluation's
+        share each, plus the training's and the adaptation's per trained cell."""
+        n_trained = sum(c.design.train for c in cells)
+        evaluation = self.phases.get("evaluation", 0.0) / max(1, len(cells))
+        training = self.phases.get("training", 0.0) + self.phases.get("adaptation", 0.0)
+        return {True: evaluation + training / max(1, n_trained), False: evaluation}
+
     def line(self) -> str:
         from .progress import fmt_seconds
 

@@ -31,6 +31,7 @@ class GridProgress:
         self.total = len(cells)
         self.pending = {c.name: c for c in cells}
         self.durations: dict[bool, list[float]] = {True: [], False: []}
+        self.prior: dict[bool, float] = {}
         self.started = time.perf_counter()
         self.events = events
 
@@ -41,16 +42,28 @@ class GridProgress:
         with open(self.events, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": now(), **event}) + "\n")
 
+    def expect(self, prior: dict[bool, float]) -> None:
+        """Seconds a trained (True) and an untrained (False) cell should take here, measured before the grid."""
+        self.prior = dict(prior)
+
+    def cell_seconds(self, trained: bool) -> float | None:
+        """A pending cell's expected seconds: the mean of its kind's finished cells; before any, its prior scaled
+        by how far the other kind's finished cells ran from theirs (an untrained cell only evaluates, so its
+        time alone says little of a trained one's)."""
+        if self.durations[trained]:
+            return float(np.mean(self.durations[trained]))
+        other = self.durations[not trained]
+        if trained in self.prior:
+            if other and self.prior.get(not trained):
+                return self.prior[trained] * float(np.mean(other)) / self.prior[not trained]
+            return self.prior[trained]
+        return float(np.mean(other)) if other else None
+
     def eta(self) -> str:
-        known = self.durations[True] + self.durations[False]
-        if not known:
+        expected = [self.cell_seconds(c.design.train) for c in self.pending.values()]
+        if any(seconds is None for seconds in expected):
             return "ETA after the first cell"
-        fallback = float(np.mean(known))
-        seconds = sum(
-            float(np.mean(self.durations[c.design.train])) if self.durations[c.design.train] else fallback
-            for c in self.pending.values()
-        )
-        return f"ETA {fmt_seconds(seconds)}"
+        return f"ETA {fmt_seconds(sum(expected))}"  # type: ignore[arg-type]
 
     def phase(self, index: int, cell_name: str, design: Design | None, phase: str) -> None:
         what = f"{design.attention} · {design.pooling}" if design else "base model"

@@ -223,6 +223,7 @@ class StudyRunner:
         with self.clock("cost estimate"):
             cost = estimate(self.study, pending, self.backbone, self.procs.device)
         console.print(f"  {cost.line()}")
+        self.grid.expect(cost.cell_seconds(pending))
         self.grid.log(event="estimate", seconds=round(cost.total_seconds, 1), phases=cost.phases)
 
     def follow_cell(self, cell: Cell) -> None:
