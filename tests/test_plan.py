@@ -3,6 +3,8 @@ and a refusal naming the key when a cell cannot fit a device."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -136,3 +138,17 @@ def test_the_adapt_stage_and_the_layer_analysis_are_rows_of_the_total():
         adapted.check_fits()
     plain = plan_study(load_study("configs/paper.toml", ["layers.enabled=false"]), options)
     assert not plain.stages and plan.total_hours > plain.total_hours
+
+
+def test_the_estimate_counts_the_evaluations_sample_sizes() -> None:
+    """``eval.samples`` enlarges what the estimate counts for the evaluation, not for the layer pass (real suite)."""
+    from poolattn.evaluate.offline import plan_suite
+    from poolattn.study.config import load_study
+    from poolattn.study.estimate import eval_texts
+
+    tasks = ["BibleKJVWEBGradedSTS", "NewsLeadRetrieval"]
+    base = load_study(None, [f"eval.tasks={json.dumps(tasks)}"])
+    larger = load_study(None, [f"eval.tasks={json.dumps(tasks)}", "eval.samples={ BibleKJVWEBGradedSTS = 300 }"])
+    planned = plan_suite("quick", tasks, samples={"BibleKJVWEBGradedSTS": 300})
+    assert len(eval_texts(larger)) == sum(len({t for _, t in p}) for p in planned.values()) > len(eval_texts(base))
+    assert eval_texts(larger, tasks) == eval_texts(base, tasks)

@@ -303,17 +303,3 @@ def test_the_estimate_counts_the_texts_a_scorer_encodes() -> None:
         assert encoded_texts(data) == asked, task.name
         if task.category == "classification":
             assert len(asked) < len(data.all_texts())
-
-
-def test_the_estimate_counts_the_evaluations_sample_sizes() -> None:
-    """``eval.samples`` enlarges what the estimate counts for the evaluation, not for the layer pass."""
-    from poolattn.evaluate.offline import plan_suite
-    from poolattn.study.config import load_study
-    from poolattn.study.estimate import eval_texts
-
-    tasks = ["BibleKJVWEBGradedSTS", "NewsLeadRetrieval"]
-    base = load_study(None, [f"eval.tasks={json.dumps(tasks)}"])
-    larger = load_study(None, [f"eval.tasks={json.dumps(tasks)}", "eval.samples={ BibleKJVWEBGradedSTS = 300 }"])
-    planned = plan_suite("quick", tasks, samples={"BibleKJVWEBGradedSTS": 300})
-    assert len(eval_texts(larger)) == sum(len({t for _, t in p}) for p in planned.values()) > len(eval_texts(base))
-    assert eval_texts(larger, tasks) == eval_texts(base, tasks)
