@@ -763,6 +763,13 @@ def test_a_reversed_ranking_contradicts(seeded: Path, tmp_path: Path, monkeypatc
     comparison = compare_rankings(analyse(seeded), flipped)
     differ = [(c.design, c.category) for c in comparison.resolved if not c.agree]
     assert differ == [("M5", "sts")] and comparison.agree is False
+    # one seed resolves nothing, so its Δ of the other sign does not confirm; three seeds resolve it: contradicts
+    assert not comparison.contradicted
+    resolved_flip = compare_rankings(analyse(seeded), analyse(make_study(tmp_path / "flipped3", seeds=(0, 1, 2))))
+    assert [(c.design, c.category) for c in resolved_flip.resolved if not c.agree and c.other_resolved] == [
+        ("M5", "sts")
+    ]
+    assert resolved_flip.contradicted
     sts = next(r for r in comparison.categories if r.category == "sts")
     assert sts.first[0] == "M5" and sts.second[-1] == "M5" and not sts.same_best
 

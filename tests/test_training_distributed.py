@@ -90,6 +90,7 @@ accelerate.Accelerator = accelerator
 config, out = sys.argv[1], sys.argv[2]
 settings = [f"output.dir={out}", "recipe.mini_batch=3", "output.checkpoint_every=1", "output.keep_checkpoints=2"]
 train(load_train_config(config, settings), progress=False)
+PartialState().destroy_process_group()  # a gloo group left to the interpreter's exit aborts it now and then
 """
 
 

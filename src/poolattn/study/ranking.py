@@ -116,6 +116,12 @@ class RankingComparison:
         checks = [c.agree for c in self.resolved] + [c.agree for c in self.claims]
         return all(checks) if checks else None
 
+    @property
+    def contradicted(self) -> bool:
+        """Whether the second study resolves the opposite of something the first resolves (a Δ of the other sign
+        resolved there, or a claim resolved otherwise), not only points the other way."""
+        return any(not c.agree and c.other_resolved for c in self.resolved) or any(not c.agree for c in self.claims)
+
 
 def ranking(findings: Findings, category: str, designs: list[str]) -> list[str]:
     """``designs`` by the category score, best first."""
@@ -221,8 +227,13 @@ def section_comparison(comparison: RankingComparison, first: Findings, second: F
             "estimates and may differ by noise alone."
         )
     else:
-        verdict = "agrees with" if comparison.agree else "**contradicts**"
-        lines.append(f"On what this study resolves, the other study {verdict} it:")
+        if comparison.agree:
+            verdict = "agrees with it"
+        elif comparison.contradicted:
+            verdict = "**contradicts** it (it resolves the opposite)"
+        else:
+            verdict = "does **not confirm** it (a Δ points the other way there, without being resolved)"
+        lines.append(f"On what this study resolves, the other study {verdict}:")
     if comparison.resolved:
         same = sum(c.agree for c in comparison.resolved)
         confirmed = sum(c.agree and c.other_resolved for c in comparison.resolved)
