@@ -1,10 +1,13 @@
-"""Pieces the benchmarks share: the sentence-transformers peer and the FLOP count of a token."""
+"""Pieces the benchmarks share: the sentence-transformers peer, the FLOP count of a token, a warmed-up timer and the
+cosine a faster variant must keep."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -50,3 +53,15 @@ def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
         live += delta
         peak = max(peak, live)
     return peak
+
+
+def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, float]:
+    """``fn(texts)`` and its seconds, after a warm-up call on the first 32 texts (allocator, kernels)."""
+    fn(texts[:32])
+    start = time.perf_counter()
+    out = fn(texts)
+    return out, time.perf_counter() - start
+
+
+#: The cosine to float32 (every text) a variant must keep to count as the same model.
+FAITHFUL = 0.99

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from common import flops_per_token, lasttoken_sentence_transformer, peak_allocated_bytes
+from common import FAITHFUL, flops_per_token, lasttoken_sentence_transformer, peak_allocated_bytes, timed
 
 from poolattn import EmbeddingModel, assets, machine
 from poolattn.backbone import autocast_precision
@@ -54,17 +54,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
             a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 * repeats / best
-
-
-def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, float]:
-    fn(texts[:32])  # warm-up (allocator, kernels)
-    start = time.perf_counter()
-    out = fn(texts)
-    return out, time.perf_counter() - start
-
-
-#: The cosine to float32 (every text) a variant must keep to count as the same model.
-FAITHFUL = 0.99
 
 
 def onnx_int8_peer(path: str, max_length: int) -> tuple[object | None, str]:

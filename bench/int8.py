@@ -12,27 +12,20 @@ passes). A design passes when its worst cosine is at least 0.99 on every text.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
+from common import FAITHFUL, timed
 
 from poolattn import EmbeddingModel
 from poolattn.corpora import lee_background, trec_questions
 from poolattn.quantize import int8_copy
 
-#: The cosine to float32 (every text) int8 must keep.
-FAITHFUL = 0.99
-
 
 def best_pass(model: EmbeddingModel, texts: list[str], repeats: int) -> tuple[np.ndarray, float]:
     """The vectors and the best of ``repeats`` timed passes (seconds)."""
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        vectors = model.encode(texts, show_progress=False)
-        seconds.append(time.perf_counter() - start)
-    return vectors, min(seconds)
+    passes = [timed(lambda t: model.encode(t, show_progress=False), texts) for _ in range(repeats)]
+    return passes[0][0], min(seconds for _, seconds in passes)
 
 
 def main() -> None:

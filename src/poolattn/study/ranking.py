@@ -227,12 +227,13 @@ def section_comparison(comparison: RankingComparison, first: Findings, second: F
             "estimates and may differ by noise alone."
         )
     else:
-        if comparison.agree:
-            verdict = "agrees with it"
-        elif comparison.contradicted:
-            verdict = "**contradicts** it (it resolves the opposite)"
-        else:
-            verdict = "does **not confirm** it (a Δ points the other way there, without being resolved)"
+        verdict = (
+            "agrees with it"
+            if comparison.agree
+            else "**contradicts** it (it resolves the opposite)"
+            if comparison.contradicted
+            else "does **not confirm** it (a Δ points the other way there, without being resolved)"
+        )
         lines.append(f"On what this study resolves, the other study {verdict}:")
     if comparison.resolved:
         same = sum(c.agree for c in comparison.resolved)
