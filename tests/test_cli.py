@@ -135,3 +135,29 @@ def test_report_compare_reaches_the_renderer(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert calls == [(tmp_path / "a", tmp_path / "b")]
     assert "--compare" in runner.invoke(app, ["report", "--help"]).output
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_under_accelerate_leaves_no_process_group(tmp_path, fails):
+    """A command that joined a process group (as `accelerate launch` makes every process do) destroys it before
+    exit, also when it fails: a gloo group left to the interpreter's exit aborts it now and then."""
+    import typer
+
+    from poolattn.cli.base import Commands, fail
+
+    commands = typer.Typer(cls=Commands)
+
+    @commands.command()
+    def join() -> None:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        assert torch.distributed.is_initialized()
+        if fails:
+            fail("bad input")
+
+    @commands.command()
+    def other() -> None:
+        """A second command, so that `join` is invoked by name."""
+
+    result = runner.invoke(commands, ["join"])
+    assert result.exit_code == (2 if fails else 0), result.output
+    assert not torch.distributed.is_initialized()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -14,7 +15,7 @@ from typer.core import TyperGroup
 
 class Commands(TyperGroup):
     """The command group: an asset that cannot be resolved (``POOLATTN_CACHE`` a file, a failed fetch) ends any
-    command in one error line."""
+    command in one error line, and a command run by ``accelerate launch`` leaves no process group behind."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from ..assets import AssetError
@@ -23,6 +24,16 @@ class Commands(TyperGroup):
             return super().invoke(ctx)
         except AssetError as err:
             fail(str(err))
+        finally:
+            destroy_process_group()
+
+
+def destroy_process_group() -> None:
+    """Destroy the default process group of a multi-process run, if a command made one: a gloo group left to
+    the interpreter's exit aborts it now and then ("terminate called without an active exception")."""
+    distributed = sys.modules.get("torch.distributed")  # a command that never imported torch made none
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 app = typer.Typer(
