@@ -375,6 +375,8 @@ def test_study_records_what_each_design_started_from(fake_suite, tiny_lm, texts_
     assert record["config"]["adapt"]["designs"] == ["M2"] and record["config"]["adapt"]["steps"] == 4
     m2 = json.loads((out / "cells" / "M2-s0" / "cell.json").read_text())
     assert m2["start"]["from"] == "adapted" and m2["start"]["mntp_steps"] == 4
+    adapt_heldout = json.loads((out / m2["start"]["folder"] / "adapt_summary.json").read_text())["heldout"]
+    assert m2["start"]["heldout_causal"] == adapt_heldout["causal_base"] and "loss" in adapt_heldout["causal_base"]
     adapted_dir = out / m2["start"]["folder"]
     assert (adapted_dir / "adapt_summary.json").is_file()
     model_config = json.loads((out / "cells" / "M2-s0" / "train" / "model" / "poolattn.json").read_text())

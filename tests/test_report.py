@@ -431,6 +431,33 @@ def test_learning_flags(judged: Path) -> None:
     assert "| M5 | learned | 2.900 → 1.200 | 2.773 | 0.43 |" in training
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_failed_adaptation_flags_the_designs_it_started(tmp_path: Path, recorded: bool) -> None:
+    """M5 learned in training, but its seed's MNTP adaptation ended above the causal model's masked-token loss on
+    the same held-out masks: flagged, with the reason. ``recorded``: the cell keeps the causal numbers; else (a
+    cell written before it did) they come from the adaptation's summary in the study folder."""
+    folder = make_study(tmp_path / "adapted", heldout=HELDOUT)
+    causal = {"loss": 6.734, "accuracy": 0.124}
+    start = {"from": "adapted", "folder": "adapt/s0-abc", "mntp_steps": 60, "simcse_steps": 0,
+             "heldout_before": {"loss": 9.212, "accuracy": 0.066}, "heldout_after": {"loss": 7.480, "accuracy": 0.05},
+             **({"heldout_causal": causal} if recorded else {})}  # fmt: skip
+    write(folder / "adapt" / "s0-abc" / "adapt_summary.json", {"heldout": {"causal_base": causal}})
+    record_path = folder / "cells" / "M5-s0" / "cell.json"
+    write(record_path, {**json.loads(record_path.read_text()), "start": start})
+    render_report(folder)
+    learning = json.loads((folder / "results.json").read_text())["learning"]["M5"]
+    assert learning["status"] == "did not learn" and learning["flagged"]
+    assert learning["seeds"]["0"]["reasons"] == [
+        "its MNTP adaptation (`adapt/s0-abc`) ended at a held-out masked-token loss 7.480, not below the causal "
+        "model's 6.734 on the same masks"
+    ]
+    assert "| M5 | **did not learn** | 2.900 → 1.200 |" in (folder / "report.md").read_text()
+    # an adaptation that beat the causal model flags nothing
+    write(record_path, {**json.loads(record_path.read_text()), "start": {**start, "heldout_causal": {"loss": 7.5}}})
+    render_report(folder)
+    assert json.loads((folder / "results.json").read_text())["learning"]["M5"]["status"] == "learned"
+
+
 def test_not_measured_in_an_older_folder(study: Path) -> None:
     learning = json.loads((study / "results.json").read_text())["learning"]
     assert {v["status"] for v in learning.values()} == {"not measured"}

@@ -2,8 +2,10 @@
 
 * Did training learn? Per trained design and seed: the held-out InfoNCE loss after training against chance
   (``ln`` of the candidates per query) and against the same model before its first step, from the training
-  summary's ``heldout``; and the trained design against its untrained twin (same attention, pooling and options,
-  ``train = false``) on the suite. A design that did not learn is flagged: its Δ is not a design effect.
+  summary's ``heldout``; for a design started from the MNTP-adapted backbone, also that seed's adaptation
+  against the causal model's masked-token loss on the same held-out masks; and the trained design against its
+  untrained twin (same attention, pooling and options, ``train = false``) on the suite. A design that did not
+  learn is flagged: its Δ is not a design effect.
 * The direction of the paper's findings next to ours: the sign of each Δ, how often it agrees against what a
   coin gives (exact binomial test), and each of the paper's claims resolved by our own test (†): it holds or is
   contradicted only where that test is significant with the training noise measured (several seeds), and is "not
@@ -127,6 +129,21 @@ def seed_learning(heldout: Mapping[str, Any] | None) -> SeedLearning:
     )
 
 
+def failed_adaptation(start: Mapping[str, Any] | None) -> str | None:
+    """Why a cell's start, the backbone adapted by MNTP, did not learn: its held-out masked-token loss after
+    adaptation is not below the causal model's on the same masked texts (the bidirectional model it hands on then
+    predicts worse than switching the mask off undid). None where it learned or was not measured."""
+    if not start or start.get("from") != "adapted":
+        return None
+    after, causal = start.get("heldout_after"), start.get("heldout_causal")
+    if not after or not causal or float(after["loss"]) < float(causal["loss"]):
+        return None
+    return (
+        f"its MNTP adaptation (`{start.get('folder')}`) ended at a held-out masked-token loss {after['loss']:.3f}, "
+        f"not below the causal model's {causal['loss']:.3f} on the same masks"
+    )
+
+
 def untrained_twin(results: StudyResults, tables: Tables, name: str) -> str | None:
     """The untrained design with ``name``'s attention, pooling and options, if the study has one."""
     spec = results.designs[name].spec
@@ -165,6 +182,11 @@ def learning_status(results: StudyResults, tables: Tables) -> dict[str, Learning
             out[name] = Learning(status="untrained", flagged=False)
             continue
         seeds = {str(seed): seed_learning(heldout) for seed, heldout in design.heldout.items()}
+        for cell in design.cells:
+            reason = failed_adaptation(cell.get("start"))
+            if reason and str(cell.get("seed")) in seeds and seeds[str(cell.get("seed"))].measured:
+                seeds[str(cell.get("seed"))].learned = False
+                seeds[str(cell.get("seed"))].reasons.append(reason)
         measured = [s for s, v in seeds.items() if v.measured]
         failed = [s for s in measured if not seeds[s].learned]
         twin = untrained_twin(results, tables, name)

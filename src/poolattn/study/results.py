@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import stats
 from ..io import read_json
+from ..training.adapt_config import ADAPT_SUMMARY
 from ..training.config import SUMMARY_FILE
 from .config import Study, study_from_dict
 
@@ -121,6 +122,7 @@ def load_results(folder: str | Path) -> StudyResults:
                 raise FileNotFoundError(f"{eval_dir / (task + '.json')}: missing result of a finished cell")
             results[task] = result
         design = designs[entry["design"]]
+        fill_adapted_causal(folder, record)
         design.cells.append(record)
         design.seed_tasks[entry["seed"]] = results
         if record.get("train"):
@@ -131,6 +133,17 @@ def load_results(folder: str | Path) -> StudyResults:
     if layers is not None and layers.get("hash") != study.get("layers", {}).get("hash"):
         layers = None
     return StudyResults(folder, study, {k: v for k, v in designs.items() if v.cells}, missing, layers)
+
+
+def fill_adapted_causal(folder: Path, record: dict[str, Any]) -> None:
+    """A cell that started from an adapted backbone but ran before its record kept the causal model's held-out
+    masked-token numbers: take them from the adaptation's summary in the study folder, where it still is."""
+    start = record.get("start")
+    if not isinstance(start, dict) or start.get("from") != "adapted" or "heldout_causal" in start:
+        return
+    summary = read_json(folder / str(start.get("folder")) / ADAPT_SUMMARY)
+    heldout = summary.get("heldout") if isinstance(summary, dict) else None
+    start["heldout_causal"] = heldout.get("causal_base") if isinstance(heldout, dict) else None
 
 
 def read_heldout(cell_dir: Path, train: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -368,6 +368,7 @@ class StudyRunner:
             "mask_probability": summary.get("mask_probability"),
             "heldout_before": heldout.get("before"),
             "heldout_after": heldout.get("final") or heldout.get("after"),
+            "heldout_causal": heldout.get("causal_base"),
         }
 
     def train_cell(self, cell: Cell, train_dir: Path) -> tuple[EmbeddingModel, dict[str, Any]]:

@@ -110,7 +110,9 @@ def section_training(results: StudyResults, tables: Tables, learning: Mapping[st
         f"A design learned when, in every seed, its held-out InfoNCE after training is at most "
         f"{LEARNED_CHANCE_RATIO:g} × chance (ln of the candidates per query) and at least {LEARNED_MIN_DROP:.0%} "
         "below the same model's before its first step; held-out records are set aside from training "
-        "(`data.heldout`) and scored in batches of the training batch size. Means over the measured seeds.",
+        "(`data.heldout`) and scored in batches of the training batch size; a design that starts from the "
+        "MNTP-adapted backbone also needs that seed's adaptation to end below the causal model's held-out "
+        "masked-token loss on the same masked texts. Means over the measured seeds.",
     ]
     if any(learning[n].status == "not measured" for n in trained):
         notes.append(
