@@ -183,10 +183,10 @@ def learning_status(results: StudyResults, tables: Tables) -> dict[str, Learning
             continue
         seeds = {str(seed): seed_learning(heldout) for seed, heldout in design.heldout.items()}
         for cell in design.cells:
-            reason = failed_adaptation(cell.get("start"))
-            if reason and str(cell.get("seed")) in seeds and seeds[str(cell.get("seed"))].measured:
-                seeds[str(cell.get("seed"))].learned = False
-                seeds[str(cell.get("seed"))].reasons.append(reason)
+            reason, seed = failed_adaptation(cell.get("start")), seeds.get(str(cell.get("seed")))
+            if reason and seed is not None and seed.measured:
+                seed.learned = False
+                seed.reasons.append(reason)
         measured = [s for s, v in seeds.items() if v.measured]
         failed = [s for s in measured if not seeds[s].learned]
         twin = untrained_twin(results, tables, name)
